@@ -1,0 +1,4 @@
+//! STUB — being written.
+/// Stub.
+#[derive(Debug)]
+pub enum HandshakeError {}
