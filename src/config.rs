@@ -1,1 +1,364 @@
-//! STUB — being written.
+//! Every tunable of the engine, in one struct, with the reason beside each default.
+//!
+//! Values come from three layers, later ones winning: the defaults below, an optional TOML file
+//! (`--config FILE`, same field names, durations as strings like `"30s"`), and command-line flags.
+//! [`Config::validate`] runs once at start-up and turns nonsense into a [`ConfigError`] before any
+//! socket is opened.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What the engine does with the messages it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum App {
+    /// Every text/binary message goes back to its sender, unchanged.
+    Echo,
+    /// Every message goes to every open connection on every shard (sender included), encoded
+    /// once per shard.
+    Broadcast,
+}
+
+/// The engine's configuration. `Default` is the embedded default used by `starling serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard binds with SO_REUSEPORT. Loopback by default: exposing a server is a
+    /// decision, not an accident.
+    pub listen: SocketAddr,
+    /// Number of shards (event-loop threads). 0 = one per core, because a shard is
+    /// single-threaded and more shards than cores only adds context switches.
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores`. Off by default: pinning helps benchmarks and dedicated
+    /// boxes, and hurts when the box is shared.
+    pub pin: bool,
+    /// The built-in application.
+    pub app: App,
+    /// Largest message accepted (RFC 6455 §10.4), summed over fragments. 1 MiB is far above
+    /// what chat/fan-out traffic needs and small enough that a few hostile peers cannot exhaust
+    /// memory. Over it: close 1009.
+    pub max_message_size: usize,
+    /// Largest HTTP upgrade header block. 8 KiB matches common proxies; over it: 431.
+    pub max_header_bytes: usize,
+    /// Bytes that may wait in one connection's outbound queue before it counts as a slow
+    /// consumer and is closed with 1008. A new message is still accepted while the queue is at or
+    /// under this bound, so the worst case per connection is this plus one message. 1 MiB holds
+    /// several seconds of typical fan-out traffic.
+    pub max_backpressure: usize,
+    /// Subprotocols we speak, in our order of preference; the first one the client also offers
+    /// (in the client's order) is selected. Empty = no subprotocol header is sent.
+    pub protocols: Vec<String>,
+    /// A connection that has not completed its upgrade by then is closed (408). Protects the
+    /// accept path from idle or slowloris sockets.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often an open connection that sent us nothing is pinged. 30 s keeps NAT and load
+    /// balancer mappings alive (most idle out after 60 s or more).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before it counts as missed.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Missed pongs in a row after which the peer is considered dead and dropped. Any frame from
+    /// the peer counts as an answer.
+    pub max_missed_pongs: u32,
+    /// Close a connection that sent no data message for this long (0 = never). Off by default:
+    /// heartbeats already find dead peers; idleness is an application policy.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long we wait for the peer's close frame after sending ours before dropping the socket
+    /// (RFC 6455 §7.1.1 lets the server close the TCP connection first).
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long to wait for close handshakes before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Per-shard read buffer. One buffer per shard, not per connection, so its size costs
+    /// nothing per connection; 64 KiB drains a busy socket in few syscalls.
+    pub read_buffer_size: usize,
+    /// Upper bound on open connections per shard (0 = limited only by the open-file limit).
+    pub max_connections_per_shard: usize,
+    /// How often per-shard counters are logged at info level (0 = only at exit).
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// Listen backlog per shard listener (capped by net.core.somaxconn).
+    pub backlog: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            pin: false,
+            app: App::Echo,
+            max_message_size: 1 << 20,
+            max_header_bytes: 8 * 1024,
+            max_backpressure: 1 << 20,
+            protocols: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(5),
+            max_missed_pongs: 3,
+            idle_timeout: Duration::ZERO,
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            read_buffer_size: 64 * 1024,
+            max_connections_per_shard: 0,
+            stats_interval: Duration::from_secs(10),
+            backlog: 4096,
+        }
+    }
+}
+
+/// A configuration that cannot work, found before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed or names an unknown field.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid setting {field}: {why}")]
+    Invalid {
+        /// The field name as in the file and flags.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; missing fields keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: name,
+            source: Box::new(e),
+        })
+    }
+
+    /// The shard count after resolving 0 to the number of cores.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            crate::sys::core_count()
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks ranges that would otherwise fail later, obscurely.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, why: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                why: why.to_string(),
+            })
+        };
+        if self.shards > 1024 {
+            return bad("shards", "at most 1024");
+        }
+        if self.max_message_size == 0 {
+            return bad("max_message_size", "must be at least 1 byte");
+        }
+        if self.max_header_bytes < 256 {
+            return bad("max_header_bytes", "must be at least 256 bytes");
+        }
+        if self.max_backpressure == 0 {
+            return bad("max_backpressure", "must be at least 1 byte");
+        }
+        if self.read_buffer_size < 4096 {
+            return bad("read_buffer_size", "must be at least 4096 bytes");
+        }
+        for (field, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(field, "must be greater than zero");
+            }
+        }
+        if self.pong_timeout >= self.ping_interval {
+            return bad("pong_timeout", "must be shorter than ping_interval");
+        }
+        if self.max_missed_pongs == 0 {
+            return bad("max_missed_pongs", "must be at least 1");
+        }
+        for p in &self.protocols {
+            let token = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !token {
+                return bad("protocols", &format!("{p:?} is not an HTTP token"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_some_fields_and_keeps_the_rest() {
+        let c: Config = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\napp = \"broadcast\"\nping_interval = \"15s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.app, App::Broadcast);
+        assert_eq!(c.ping_interval, Duration::from_secs(15));
+        assert_eq!(c.max_message_size, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let c = Config {
+            pong_timeout: Duration::from_secs(60),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            protocols: vec!["a b".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
+
+/// `starling serve` flags. Each one, when given, overrides the same field of the file or the
+/// defaults (see [`Config`] for what each does and why its default is what it is).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (same names, with `_` instead of `-`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Built-in application: `echo` sends every message back to its sender; `broadcast` sends
+    /// every message to every open connection [default: echo].
+    #[arg(long, value_enum)]
+    pub app: Option<App>,
+    /// Event-loop threads, each with its own SO_REUSEPORT listener [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Pin shard i to core i (for benchmarks and dedicated machines).
+    #[arg(long)]
+    pub pin: bool,
+    /// Largest message accepted, summed over fragments; larger ones get close 1009
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+    /// Largest upgrade request header block; larger ones get HTTP 431 [default: 8192].
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Bytes one connection may have waiting to be sent before it is closed with 1008 as a slow
+    /// consumer [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_backpressure: Option<usize>,
+    /// A subprotocol to offer, in preference order (repeat the flag for several).
+    #[arg(long = "protocol", value_name = "NAME")]
+    pub protocols: Vec<String>,
+    /// Time allowed to complete the HTTP upgrade [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Ping a connection that has been silent this long [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Time a ping may go unanswered before it counts as missed [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Option<Duration>,
+    /// Missed pongs in a row after which the connection is dropped [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_missed_pongs: Option<u32>,
+    /// Close connections that send no data message for this long; 0 = never [default: 0].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time to wait for the peer's close frame, or for our last bytes to drain [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub close_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, time allowed for close handshakes before exiting [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Per-shard read buffer [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub read_buffer_size: Option<usize>,
+    /// Most connections one shard holds; 0 = limited by the open-file limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_shard: Option<usize>,
+    /// How often counters are logged; 0 = only at exit [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stats_interval: Option<Duration>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then the flags.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        take!(
+            listen,
+            app,
+            shards,
+            max_message_size,
+            max_header_bytes,
+            max_backpressure,
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            max_missed_pongs,
+            idle_timeout,
+            close_timeout,
+            drain_timeout,
+            read_buffer_size,
+            max_connections_per_shard,
+            stats_interval
+        );
+        if self.pin {
+            c.pin = true;
+        }
+        if !self.protocols.is_empty() {
+            c.protocols = self.protocols.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

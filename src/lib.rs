@@ -1,5 +1,47 @@
-//! Starling: a sharded, per-core WebSocket connection engine on raw `mio`.
-//! (Crate docs: architecture map — being written.)
+//! Starling: a sharded, per-core WebSocket (RFC 6455) engine on raw `mio`.
+//!
+//! # Rooms
+//!
+//! - [`proto`]: RFC 6455, pure. Frame headers, masking, the incremental decoder, UTF-8,
+//!   close codes, the HTTP upgrade — byte slices in, results out, no sockets, no clocks. Both
+//!   roles: server for the engine, client for the load generator.
+//! - [`shard`]: one thread per shard, each owning its SO_REUSEPORT listener, its `slab` of
+//!   connections, its single read buffer and its [`timer`] wheel. The only room that touches
+//!   sockets. Other threads reach a shard only through [`shard::Handle`] (a crossbeam channel of
+//!   [`shard::Command`]s plus a `mio::Waker`).
+//! - [`timer`]: a hierarchical timing wheel keyed by slab index; O(1) insert/cancel/expire.
+//! - [`config`]: every tunable with the reason for its default; TOML file and flags.
+//! - [`metrics`]: per-shard counters (plain integers owned by the shard), published as
+//!   snapshots.
+//! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
+//!
+//! # Threads
+//!
+//! ```text
+//!   main thread ── signals, periodic stats, drain ──┐
+//!                                                    │ Command (crossbeam + Waker)
+//!        ┌──────────────┬──────────────┬────────────┘
+//!     shard 0        shard 1   ...  shard N-1      one per core, optionally pinned
+//!     listener       listener        listener      same port, SO_REUSEPORT
+//!     slab<Conn>     slab<Conn>      slab<Conn>
+//!     timer wheel    timer wheel     timer wheel
+//! ```
+//!
+//! # A connection's life
+//!
+//! accept (shard's listener) → `Handshaking` (upgrade request parsed from the shard's read
+//! buffer; a partial request is kept aside until complete or timed out) → 101 → `Open` (frames
+//! parsed in place, unmasked in place; replies queued and flushed once per loop pass; heartbeats
+//! from the timer wheel) → `Closing` (we sent Close, waiting for the peer's) or `Flushing` (our
+//! last bytes queued) → `Lingering` (write side shut, reading to EOF) → removed from the slab.
+//!
+//! # How a broadcast flows
+//!
+//! A message read on shard A is framed once, appended to A's per-pass outgoing buffer, and at
+//! the end of the I/O phase that buffer (one `Bytes`) is handed to every other shard in one
+//! command. Each shard joins everything it must broadcast in one pass into one buffer and writes
+//! it to each open connection with one `write` (or queues a reference to it when the socket is
+//! full). No per-recipient copy is ever made.
 #![deny(missing_docs)]
 
 pub mod config;

@@ -1,1 +1,144 @@
-fn main() {}
+//! `starling`: parse flags, check limits, start the shards, wait for a signal, drain, report.
+//!
+//! Exit codes: 0 after a clean drain, 2 for a configuration error, 1 for anything else
+//! (e.g. the address cannot be bound).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use starling::config::ServeArgs;
+use starling::shard::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "A sharded, per-core WebSocket engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the WebSocket server.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    log_limits(config.shard_count(), config.max_connections_per_shard);
+    let stats_every = config.stats_interval;
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    let signals = match signal_channel() {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            server.shutdown();
+            server.join();
+            return ExitCode::from(1);
+        }
+    };
+    let tick = if stats_every.is_zero() {
+        Duration::from_millis(200)
+    } else {
+        stats_every.min(Duration::from_millis(200))
+    };
+    let mut since_log = Duration::ZERO;
+    let mut draining = false;
+    while !server.is_finished() {
+        match signals.recv_timeout(tick) {
+            Ok(sig) if !draining => {
+                tracing::info!(signal = sig, "draining: closing connections with 1001");
+                server.drain();
+                draining = true;
+            }
+            Ok(sig) => {
+                tracing::warn!(signal = sig, "second signal: stopping now");
+                server.shutdown();
+            }
+            Err(_) => {
+                since_log += tick;
+                if !stats_every.is_zero() && since_log >= stats_every {
+                    since_log = Duration::ZERO;
+                    tracing::info!(counters = %server.counters(), "stats");
+                }
+            }
+        }
+    }
+    let totals = server.join();
+    tracing::info!(counters = %totals, "stopped");
+    ExitCode::SUCCESS
+}
+
+/// Raises the soft open-file limit to the hard one and says how many connections that allows.
+fn log_limits(shards: usize, per_shard: usize) {
+    match starling::sys::raise_nofile_limit() {
+        Ok(l) => {
+            // A few descriptors go to listeners, epoll, eventfds and stdio.
+            let usable = l.soft.saturating_sub(16 + 3 * shards as u64);
+            tracing::info!(
+                nofile_before = l.soft_before,
+                nofile = l.soft,
+                hard = l.hard,
+                connections = usable,
+                "open-file limit"
+            );
+            let wanted = (per_shard as u64).saturating_mul(shards as u64);
+            if per_shard != 0 && wanted > usable {
+                tracing::warn!(
+                    configured = wanted,
+                    allowed = usable,
+                    hint = starling::sys::LIMITS_HINT,
+                    "max connections is above what the open-file limit allows"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
+/// SIGTERM/SIGINT, delivered on a channel by a small thread.
+fn signal_channel() -> std::io::Result<crossbeam_channel::Receiver<i32>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}

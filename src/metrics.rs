@@ -1,1 +1,206 @@
-//! STUB — being written.
+//! Counters. Each shard owns a plain-`u64` [`Counters`] and bumps it on the hot path with no
+//! atomics; every so often (and at exit) it copies the whole struct into its [`Published`] slot,
+//! which other threads read. Totals are the field-wise sum over shards.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// Why a connection ended. One counter per reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// Close handshake completed (either side started it).
+    Normal = 0,
+    /// The peer closed TCP (EOF) or reset it without a close handshake.
+    PeerGone,
+    /// The peer broke RFC 6455; we sent the matching close code.
+    Protocol,
+    /// Bad upgrade request; we answered with an HTTP error.
+    BadHandshake,
+    /// The upgrade did not complete within `handshake_timeout`.
+    HandshakeTimeout,
+    /// `max_missed_pongs` pings went unanswered.
+    PingTimeout,
+    /// No data message within `idle_timeout`.
+    Idle,
+    /// Outbound queue over `max_backpressure`: closed with 1008.
+    SlowConsumer,
+    /// We sent 1001 because the server is draining.
+    Drain,
+    /// Our close frame was not answered within `close_timeout`.
+    CloseTimeout,
+    /// A socket error other than reset (counted so nothing disappears silently).
+    IoError,
+}
+
+impl CloseReason {
+    /// Number of reasons (array length).
+    pub const COUNT: usize = 11;
+    /// All reasons, in index order.
+    pub const ALL: [CloseReason; Self::COUNT] = [
+        CloseReason::Normal,
+        CloseReason::PeerGone,
+        CloseReason::Protocol,
+        CloseReason::BadHandshake,
+        CloseReason::HandshakeTimeout,
+        CloseReason::PingTimeout,
+        CloseReason::Idle,
+        CloseReason::SlowConsumer,
+        CloseReason::Drain,
+        CloseReason::CloseTimeout,
+        CloseReason::IoError,
+    ];
+
+    /// Snake-case name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::BadHandshake => "bad_handshake",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Drain => "drain",
+            CloseReason::CloseTimeout => "close_timeout",
+            CloseReason::IoError => "io_error",
+        }
+    }
+}
+
+/// One shard's counters. Plain integers: only the owning shard writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections currently held (handshaking, open or closing).
+    pub open: u64,
+    /// Sockets accepted since start.
+    pub accepted: u64,
+    /// Upgrades completed (101 sent).
+    pub upgraded: u64,
+    /// Connections ended, by [`CloseReason`] index.
+    pub closed: [u64; CloseReason::COUNT],
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages queued for sending (a broadcast to N connections counts N).
+    pub messages_out: u64,
+    /// Bytes read from sockets.
+    pub bytes_in: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// `writev`/`write` calls made.
+    pub write_calls: u64,
+    /// `accept` failures from the open-file limit (EMFILE/ENFILE).
+    pub accept_emfile: u64,
+    /// Passes through the event loop.
+    pub loop_iterations: u64,
+}
+
+impl Counters {
+    /// Field-wise sum (for totals across shards).
+    pub fn add(&mut self, o: &Counters) {
+        self.open += o.open;
+        self.accepted += o.accepted;
+        self.upgraded += o.upgraded;
+        for (a, b) in self.closed.iter_mut().zip(o.closed.iter()) {
+            *a += b;
+        }
+        self.messages_in += o.messages_in;
+        self.messages_out += o.messages_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.write_calls += o.write_calls;
+        self.accept_emfile += o.accept_emfile;
+        self.loop_iterations += o.loop_iterations;
+    }
+
+    /// Counts one ended connection.
+    pub fn close(&mut self, reason: CloseReason) {
+        self.closed[reason as usize] += 1;
+        self.open = self.open.saturating_sub(1);
+    }
+
+    /// Ended connections for one reason.
+    pub fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize]
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "open={} accepted={} upgraded={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} writes={}",
+            self.open,
+            self.accepted,
+            self.upgraded,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.write_calls
+        )?;
+        for r in CloseReason::ALL {
+            let n = self.closed_for(r);
+            if n > 0 {
+                write!(f, " closed_{}={}", r.name(), n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a shard publishes its latest snapshot. Cloned into every reader.
+#[derive(Debug, Clone, Default)]
+pub struct Published(Arc<Mutex<Counters>>);
+
+impl Published {
+    /// Replaces the snapshot (called by the owning shard, off the per-message path).
+    pub fn store(&self, c: &Counters) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = *c;
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn load(&self) -> Counters {
+        self.0.lock().map(|g| *g).unwrap_or_default()
+    }
+}
+
+/// Sum of several shards' snapshots.
+pub fn total(shards: &[Published]) -> Counters {
+    let mut t = Counters::default();
+    for s in shards {
+        t.add(&s.load());
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_fieldwise_and_reasons_are_named() {
+        let a = Published::default();
+        let b = Published::default();
+        let mut c = Counters {
+            open: 2,
+            messages_in: 5,
+            ..Counters::default()
+        };
+        c.close(CloseReason::SlowConsumer);
+        a.store(&c);
+        b.store(&c);
+        let t = total(&[a, b]);
+        assert_eq!(t.open, 2);
+        assert_eq!(t.messages_in, 10);
+        assert_eq!(t.closed_for(CloseReason::SlowConsumer), 2);
+        assert!(t.to_string().contains("closed_slow_consumer=2"));
+        assert_eq!(CloseReason::ALL.len(), CloseReason::COUNT);
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

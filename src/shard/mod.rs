@@ -1,1 +1,219 @@
-//! STUB — being written.
+//! Shards: one thread per core, each the sole owner of its listener, its slab of connections,
+//! its read buffer and its timer wheel. This is the only room that touches sockets.
+//!
+//! Other threads reach a shard only through its [`Handle`]: a crossbeam channel of
+//! [`Command`]s plus the shard's `mio::Waker`. [`Command`] is the complete list of what may be
+//! asked of a shard. A handle wakes the shard at most once per batch of commands (an atomic
+//! flag the shard clears before draining its inbox), so a burst of broadcasts costs one eventfd
+//! write, not one per message.
+//!
+//! [`Server::start`] binds every shard's listener before any thread starts, so a bad address
+//! fails synchronously with a clear error.
+
+mod conn;
+mod event_loop;
+mod listener;
+mod read;
+pub mod send_queue;
+
+pub use conn::{Conn, Phase};
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Poll, Token, Waker};
+
+use crate::config::Config;
+use crate::metrics::{self, Counters, Published};
+
+/// Token of the shard's listener.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the shard's waker.
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Everything another thread may ask of a shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Deliver these already-encoded server frames (one or more, back to back) to every open
+    /// connection of the shard. `count` is the number of messages inside, for the counters.
+    Broadcast {
+        /// Encoded frames.
+        frames: Bytes,
+        /// Messages inside `frames`.
+        count: u32,
+    },
+    /// Stop accepting, send close 1001 to every connection, exit when all are gone or the
+    /// drain timeout passes.
+    Drain,
+    /// Exit now, dropping every connection.
+    Shutdown,
+}
+
+/// The way into a shard from any other thread.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    id: usize,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    notified: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// The shard's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Sends a command, waking the shard unless a wake-up is already pending.
+    /// Returns false if the shard has exited.
+    pub fn send(&self, cmd: Command) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        // Ordering: the push above happens before the swap; the shard clears the flag before
+        // it drains. Either the shard's drain sees our command, or we see `false` and wake it.
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+        true
+    }
+
+    /// Commands waiting in the shard's inbox (used for cross-shard backpressure).
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+/// A running group of shards serving one address.
+#[derive(Debug)]
+pub struct Server {
+    handles: Vec<Handle>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Published>,
+    local_addr: SocketAddr,
+}
+
+/// Pieces of one shard created on the starting thread and moved into its own.
+struct Parts {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    inbox: Receiver<Command>,
+}
+
+impl Server {
+    /// Binds `config.shard_count()` listeners on `config.listen` and starts one thread each.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let n = config.shard_count().max(1);
+        let config = Arc::new(config);
+        let mut addr = config.listen;
+        let mut parts = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for id in 0..n {
+            let listener = listener::bind(addr, config.backlog)?;
+            // With port 0 the first bind picks the port; the rest must share it.
+            addr = listener.local_addr()?;
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, inbox) = crossbeam_channel::unbounded();
+            handles.push(Handle {
+                id,
+                tx,
+                waker,
+                notified: Arc::new(AtomicBool::new(false)),
+            });
+            parts.push(Parts {
+                poll,
+                listener,
+                inbox,
+            });
+        }
+        let stats: Vec<Published> = (0..n).map(|_| Published::default()).collect();
+        let mut threads = Vec::with_capacity(n);
+        for (id, p) in parts.into_iter().enumerate() {
+            let shard = event_loop::Shard::new(
+                id,
+                Arc::clone(&config),
+                p.poll,
+                p.listener,
+                p.inbox,
+                handles[id].notified.clone(),
+                handles.iter().filter(|h| h.id != id).cloned().collect(),
+                stats[id].clone(),
+            )?;
+            let pin = config.pin;
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || {
+                    if pin {
+                        let core = id % crate::sys::core_count();
+                        if let Err(e) = crate::sys::pin_current_thread(core) {
+                            tracing::warn!(shard = id, core, error = %e, "cannot pin shard");
+                        }
+                    }
+                    shard.run();
+                })?;
+            threads.push(t);
+        }
+        tracing::info!(%addr, shards = n, app = ?config.app, "listening");
+        Ok(Server {
+            handles,
+            threads,
+            stats,
+            local_addr: addr,
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Handles to every shard.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+
+    /// Starts a graceful drain on every shard.
+    pub fn drain(&self) {
+        for h in &self.handles {
+            h.send(Command::Drain);
+        }
+    }
+
+    /// Stops every shard now.
+    pub fn shutdown(&self) {
+        for h in &self.handles {
+            h.send(Command::Shutdown);
+        }
+    }
+
+    /// Latest per-shard counters (published every ~250 ms and at exit).
+    pub fn shard_counters(&self) -> Vec<Counters> {
+        self.stats.iter().map(Published::load).collect()
+    }
+
+    /// Sum over shards.
+    pub fn counters(&self) -> Counters {
+        metrics::total(&self.stats)
+    }
+
+    /// True once every shard thread has exited.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for every shard to exit and returns the final totals.
+    pub fn join(self) -> Counters {
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+        metrics::total(&self.stats)
+    }
+}

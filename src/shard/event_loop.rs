@@ -1,0 +1,679 @@
+//! The shard's poll loop. One pass, in this order:
+//!
+//! 1. **poll** with a timeout from the timer wheel (0 when reads or deliveries are pending);
+//! 2. **accept** until `WouldBlock` (edge-triggered readiness will not repeat);
+//! 3. **I/O**: read every readable connection (up to a per-pass budget, so one busy peer
+//!    cannot starve the rest), parse frames in the shard's one read buffer, queue replies;
+//!    writable connections are only marked dirty;
+//! 4. **inbox**: commands from other threads (broadcasts, drain), after clearing the wake flag;
+//! 5. **timers**: handshake, heartbeat, pong, close deadlines that are due;
+//! 6. **flush**: the pass's broadcast frames, concatenated once, go to every open connection
+//!    (directly with one `write` when its queue is empty), then every dirty connection's queue
+//!    goes out in one `writev`. Nothing queued in a pass waits for the next one.
+//!
+//! Events whose token names a connection that is gone (slot free or generation different) are
+//! ignored: mio may report readiness for a socket we already closed in the same pass.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll};
+use slab::Slab;
+
+use crate::config::{App, Config};
+use crate::metrics::{CloseReason, Counters, Published};
+use crate::proto::{close, CloseCode, Decoder, Role};
+use crate::timer::TimerWheel;
+
+use super::conn::{self, flags, Conn, Phase, TimerKind};
+use super::listener::{self, Accepted};
+use super::send_queue::{BufPool, SendStatus};
+use super::{Command, Handle, LISTENER, WAKER};
+
+/// Reads per connection per pass before yielding to the others.
+pub(super) const READS_PER_PASS: usize = 4;
+/// Commands waiting in a peer shard's inbox above which we stop reading publishers, so a slow
+/// shard pushes back on them through TCP instead of buffering without bound.
+const PEER_BACKLOG_HIGH: usize = 64;
+/// How long accepting pauses after EMFILE.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+/// How often counters are published for other threads.
+const PUBLISH_EVERY_MS: u64 = 250;
+
+/// Timeouts in milliseconds, precomputed from the config.
+pub(super) struct Millis {
+    pub handshake: u32,
+    pub ping: u32,
+    pub pong: u32,
+    pub idle: u32,
+    pub close: u32,
+    pub drain: u64,
+}
+
+/// One shard's whole state. Only its own thread touches it.
+pub(crate) struct Shard {
+    pub(super) id: usize,
+    pub(super) cfg: Arc<Config>,
+    pub(super) ms: Millis,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) wheel: TimerWheel,
+    /// The shard's one read buffer.
+    pub(super) read_buf: Vec<u8>,
+    pub(super) pool: BufPool,
+    /// Connections with output queued this pass.
+    pub(super) dirty: Vec<usize>,
+    /// Connections whose reads were cut short (budget or backpressure).
+    pub(super) pending_reads: Vec<usize>,
+    /// Broadcast frames to deliver to every open connection at the end of this pass.
+    pub(super) batch: Vec<Bytes>,
+    pub(super) batch_msgs: u64,
+    /// Frames that came from this shard's own connections this pass, encoded back to back
+    /// (to deliver locally and forward to peers as one buffer).
+    pub(super) outgoing: BytesMut,
+    pub(super) outgoing_msgs: u32,
+    /// Partial upgrade requests, by slab index. Rare, so kept out of `Conn`.
+    pub(super) partial_hs: HashMap<usize, Vec<u8>>,
+    inbox: Receiver<Command>,
+    notified: Arc<AtomicBool>,
+    peers: Vec<Handle>,
+    generation: u32,
+    pub(super) counters: Counters,
+    published: Published,
+    start: Instant,
+    /// Milliseconds since `start`, read once per pass.
+    pub(super) now: u64,
+    accept_paused_until: Option<u64>,
+    drain_deadline: Option<u64>,
+    next_publish: u64,
+    fired: Vec<usize>,
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Receiver<Command>,
+        notified: Arc<AtomicBool>,
+        peers: Vec<Handle>,
+        published: Published,
+    ) -> io::Result<Shard> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let ms32 = |d: Duration| d.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let ms = Millis {
+            handshake: ms32(cfg.handshake_timeout),
+            ping: ms32(cfg.ping_interval),
+            pong: ms32(cfg.pong_timeout),
+            idle: ms32(cfg.idle_timeout),
+            close: ms32(cfg.close_timeout),
+            drain: cfg.drain_timeout.as_millis() as u64,
+        };
+        Ok(Shard {
+            id,
+            read_buf: vec![0; cfg.read_buffer_size],
+            cfg,
+            ms,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            wheel: TimerWheel::new(),
+            pool: BufPool::default(),
+            dirty: Vec::new(),
+            pending_reads: Vec::new(),
+            batch: Vec::new(),
+            batch_msgs: 0,
+            outgoing: BytesMut::new(),
+            outgoing_msgs: 0,
+            partial_hs: HashMap::new(),
+            inbox,
+            notified,
+            peers,
+            generation: 0,
+            counters: Counters::default(),
+            published,
+            start: Instant::now(),
+            now: 0,
+            accept_paused_until: None,
+            drain_deadline: None,
+            next_publish: PUBLISH_EVERY_MS,
+            fired: Vec::new(),
+        })
+    }
+
+    /// Runs until drained or shut down.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        tracing::debug!(shard = self.id, "shard running");
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, error = %e, "poll failed; shard exits");
+                    break;
+                }
+            }
+            self.now = self.start.elapsed().as_millis() as u64;
+            self.counters.loop_iterations += 1;
+
+            // 1-2. Accept first: a new connection's first bytes are often already waiting.
+            let mut accept_ready = false;
+            for ev in events.iter() {
+                if ev.token() == LISTENER {
+                    accept_ready = true;
+                }
+            }
+            if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+                self.accept_paused_until = None;
+                accept_ready = true;
+            }
+            if accept_ready && self.accept_paused_until.is_none() {
+                self.accept_all();
+            }
+
+            // 3. I/O. Reads are held back while a peer shard is congested (broadcast only).
+            let reads_allowed = !self.peers_congested();
+            let pending = std::mem::take(&mut self.pending_reads);
+            for idx in pending {
+                if let Some(c) = self.conns.get_mut(idx) {
+                    c.flags &= !flags::READ_PENDING;
+                    self.on_readable(idx, reads_allowed, true);
+                }
+            }
+            for ev in events.iter() {
+                let token = ev.token();
+                if token == LISTENER || token == WAKER {
+                    continue;
+                }
+                let (idx, gen) = conn::split(token);
+                // Spurious or stale event: the connection is gone or the slot was reused.
+                if self.conns.get(idx).is_none_or(|c| c.generation != gen) {
+                    continue;
+                }
+                if ev.is_writable() {
+                    self.mark_dirty(idx);
+                }
+                let to_end = ev.is_read_closed() || ev.is_error();
+                if ev.is_readable() || to_end {
+                    self.on_readable(idx, reads_allowed, to_end);
+                }
+            }
+            self.forward_outgoing();
+
+            // 4. Inbox: clear the flag first so a command sent while we drain wakes us again.
+            self.notified.store(false, Ordering::SeqCst);
+            let mut exit = false;
+            while let Ok(cmd) = self.inbox.try_recv() {
+                match cmd {
+                    Command::Broadcast { frames, count } => {
+                        self.batch.push(frames);
+                        self.batch_msgs += count as u64;
+                    }
+                    Command::Drain => self.start_drain(),
+                    Command::Shutdown => exit = true,
+                }
+            }
+
+            // 5. Timers.
+            self.expire_timers();
+
+            // 6. Flush.
+            self.deliver_batch();
+            self.flush_dirty();
+
+            if self.now >= self.next_publish {
+                self.next_publish = self.now + PUBLISH_EVERY_MS;
+                self.published.store(&self.counters);
+            }
+            if exit || self.drain_finished() {
+                break;
+            }
+        }
+        let left: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for idx in left {
+            self.remove(idx, CloseReason::Drain);
+        }
+        self.published.store(&self.counters);
+        tracing::info!(shard = self.id, counters = %self.counters, "shard stopped");
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.now + 1000;
+        if let Some(d) = self.wheel.next_deadline() {
+            next = next.min(d);
+        }
+        if let Some(t) = self.accept_paused_until {
+            next = next.min(t);
+        }
+        if let Some(t) = self.drain_deadline {
+            next = next.min(t);
+        }
+        next = next.min(self.next_publish);
+        Some(Duration::from_millis(next.saturating_sub(self.now)))
+    }
+
+    fn peers_congested(&self) -> bool {
+        self.cfg.app == App::Broadcast && self.peers.iter().any(|p| p.backlog() > PEER_BACKLOG_HIGH)
+    }
+
+    fn accept_all(&mut self) {
+        let max = self.cfg.max_connections_per_shard;
+        loop {
+            if self.drain_deadline.is_some() {
+                return;
+            }
+            if max != 0 && self.conns.len() >= max {
+                // Leave the rest in the kernel's queue; retry after a pause.
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                return;
+            }
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
+            match listener::accept(l) {
+                Accepted::Conn(stream, _peer) => self.admit(stream),
+                Accepted::Drained => return,
+                Accepted::Skip => continue,
+                Accepted::OutOfFiles => {
+                    self.counters.accept_emfile += 1;
+                    if self.counters.accept_emfile.is_power_of_two() {
+                        tracing::warn!(
+                            shard = self.id,
+                            open = self.conns.len(),
+                            hint = crate::sys::LIMITS_HINT,
+                            "out of file descriptors; pausing accept"
+                        );
+                    }
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: mio::net::TcpStream) {
+        self.generation = self.generation.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        let token = conn::token(idx, self.generation);
+        // Edge-triggered, both directions, registered once for the connection's lifetime.
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(shard = self.id, error = %e, "cannot register connection");
+            return;
+        }
+        let decoder = Decoder::new(Role::Server, self.cfg.max_message_size);
+        let now = self.now as u32;
+        entry.insert(Conn::new(stream, self.generation, decoder, now));
+        self.counters.accepted += 1;
+        self.counters.open += 1;
+        self.wheel.insert(idx, self.now + self.ms.handshake as u64);
+    }
+
+    /// Drops a connection now. Closing the fd removes it from epoll, so no deregister call.
+    pub(super) fn remove(&mut self, idx: usize, reason: CloseReason) {
+        if self.conns.try_remove(idx).is_some() {
+            self.wheel.cancel(idx);
+            self.partial_hs.remove(&idx);
+            self.counters.close(reason);
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !c.has(flags::DIRTY) {
+                c.flags |= flags::DIRTY;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    pub(super) fn set_timer(&mut self, idx: usize, kind: TimerKind, after_ms: u32) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            c.timer = kind;
+            self.wheel.insert(idx, self.now + after_ms as u64);
+        }
+    }
+
+    /// Queues our close frame and waits for the peer's (RFC 6455 §7.1.2), up to close_timeout.
+    pub(super) fn start_close(&mut self, idx: usize, code: CloseCode, why: &str, r: CloseReason) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.phase != Phase::Open {
+            return;
+        }
+        c.queue.push_owned(&mut self.pool, usize::MAX, |v| {
+            let mut p = [0u8; 125];
+            let n = close::close_payload(&mut p, code, why);
+            crate::proto::frame::encode_frame_into(v, crate::proto::OpCode::Close, &p[..n], None);
+        });
+        c.flags |= flags::SENT_CLOSE;
+        c.phase = Phase::Closing;
+        c.reason = r as u8;
+        self.set_timer(idx, TimerKind::Close, self.ms.close);
+        self.mark_dirty(idx);
+    }
+
+    /// Queues final bytes (a close frame or an HTTP response) and ends the connection once they
+    /// are written: no waiting for a reply. `slow` first frees the backlog a slow consumer will
+    /// never read.
+    pub(super) fn finish_with(
+        &mut self,
+        idx: usize,
+        r: CloseReason,
+        slow: bool,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Flushing | Phase::Lingering) {
+            return;
+        }
+        if slow {
+            c.queue.truncate_to_partial(&mut self.pool);
+        }
+        c.queue.push_owned(&mut self.pool, usize::MAX, fill);
+        c.phase = Phase::Flushing;
+        c.reason = r as u8;
+        self.set_timer(idx, TimerKind::Close, self.ms.close);
+        self.mark_dirty(idx);
+    }
+
+    /// Sends a close frame with `code` and ends the connection without waiting for a reply
+    /// (used to fail the connection, §7.1.7, and for slow consumers).
+    pub(super) fn fail(&mut self, idx: usize, code: CloseCode, why: &str, r: CloseReason) {
+        let slow = r == CloseReason::SlowConsumer;
+        self.finish_with(idx, r, slow, |v| {
+            let mut p = [0u8; 125];
+            let n = close::close_payload(&mut p, code, why);
+            crate::proto::frame::encode_frame_into(v, crate::proto::OpCode::Close, &p[..n], None);
+        });
+    }
+
+    /// Sends this shard's own connections' messages of this pass to every other shard, as one
+    /// command per peer (the bytes are shared, not copied).
+    fn forward_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let frames = self.outgoing.split().freeze();
+        let count = std::mem::take(&mut self.outgoing_msgs);
+        for p in &self.peers {
+            p.send(Command::Broadcast {
+                frames: frames.clone(),
+                count,
+            });
+        }
+        self.batch.push(frames);
+        self.batch_msgs += count as u64;
+    }
+
+    fn start_drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        self.drain_deadline = Some(self.now + self.ms.drain);
+        // Stop accepting: closing our listener takes us out of the SO_REUSEPORT group.
+        self.listener = None;
+        let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        tracing::info!(shard = self.id, connections = idxs.len(), "draining");
+        for idx in idxs {
+            match self.conns[idx].phase {
+                Phase::Handshaking => self.remove(idx, CloseReason::Drain),
+                Phase::Open => self.start_close(
+                    idx,
+                    CloseCode::GOING_AWAY,
+                    "server shutting down",
+                    CloseReason::Drain,
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_finished(&self) -> bool {
+        match self.drain_deadline {
+            Some(t) => self.conns.is_empty() || self.now >= t,
+            None => false,
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now, &mut fired);
+        for &idx in &fired {
+            self.on_timer(idx);
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let now = self.now as u32;
+        match c.timer {
+            TimerKind::Handshake => {
+                self.finish_with(idx, CloseReason::HandshakeTimeout, false, |v| {
+                    v.extend_from_slice(
+                        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    )
+                });
+            }
+            TimerKind::Close => {
+                let r = reason_from(c.reason);
+                let r = if r == CloseReason::Normal {
+                    CloseReason::CloseTimeout
+                } else {
+                    r
+                };
+                self.remove(idx, r);
+            }
+            TimerKind::Heartbeat => {
+                if self.ms.idle > 0
+                    && conn::tick_reached(now, c.last_data.wrapping_add(self.ms.idle))
+                {
+                    self.start_close(idx, CloseCode::NORMAL, "idle timeout", CloseReason::Idle);
+                    return;
+                }
+                let due = c.last_seen.wrapping_add(self.ms.ping);
+                if !conn::tick_reached(now, due) {
+                    // The peer spoke recently: that counts as liveness, no ping needed yet.
+                    let wait = due.wrapping_sub(now);
+                    let wait = idle_cap(self.ms.idle, c.last_data, now, wait);
+                    self.set_timer(idx, TimerKind::Heartbeat, wait);
+                    return;
+                }
+                c.flags &= !flags::SEEN;
+                c.ping_sent = now;
+                let status = c.queue.push_owned(&mut self.pool, usize::MAX, |v| {
+                    crate::proto::frame::encode_frame_into(v, crate::proto::OpCode::Ping, b"", None)
+                });
+                debug_assert_ne!(status, SendStatus::Dropped);
+                self.set_timer(idx, TimerKind::PongDue, self.ms.pong);
+                self.mark_dirty(idx);
+            }
+            TimerKind::PongDue => {
+                if c.has(flags::SEEN) {
+                    c.missed_pongs = 0;
+                } else {
+                    c.missed_pongs = c.missed_pongs.saturating_add(1);
+                    if u32::from(c.missed_pongs) >= self.cfg.max_missed_pongs {
+                        // Dead peer: nobody would read a close frame.
+                        self.remove(idx, CloseReason::PingTimeout);
+                        return;
+                    }
+                }
+                let next = c.ping_sent.wrapping_add(self.ms.ping);
+                let wait = if conn::tick_reached(now, next) {
+                    0
+                } else {
+                    next.wrapping_sub(now)
+                };
+                let wait = idle_cap(self.ms.idle, c.last_data, now, wait);
+                self.set_timer(idx, TimerKind::Heartbeat, wait);
+            }
+        }
+    }
+
+    /// Delivers this pass's broadcast frames to every open connection. The frames are joined
+    /// into one buffer once, so each recipient costs one `write` (or one queue entry) however
+    /// many messages the pass carried.
+    fn deliver_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let frame = concat(std::mem::take(&mut self.batch));
+        let msgs = std::mem::take(&mut self.batch_msgs);
+        let bound = self.cfg.max_backpressure;
+        let mut slow = Vec::new();
+        let mut broken = Vec::new();
+        for (idx, c) in self.conns.iter_mut() {
+            if !c.phase.sends_data() {
+                continue;
+            }
+            self.counters.messages_out += msgs;
+            if c.queue.is_empty() {
+                // Fast path: straight from the shared buffer to the socket.
+                match write_direct(&mut c.stream, &frame) {
+                    Ok((n, calls)) => {
+                        self.counters.bytes_out += n as u64;
+                        self.counters.write_calls += calls;
+                        if n < frame.len() {
+                            c.queue.push_shared(frame.slice(n..), bound);
+                        }
+                    }
+                    Err(_) => broken.push(idx),
+                }
+            } else if c.queue.push_shared(frame.clone(), bound) == SendStatus::Dropped {
+                slow.push(idx);
+            } else if !c.has(flags::DIRTY) {
+                c.flags |= flags::DIRTY;
+                self.dirty.push(idx);
+            }
+        }
+        for idx in broken {
+            self.remove(idx, CloseReason::PeerGone);
+        }
+        for idx in slow {
+            self.fail(
+                idx,
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            );
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &idx in &dirty {
+            let Some(c) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            c.flags &= !flags::DIRTY;
+            match c.queue.flush(&mut c.stream, &mut self.pool) {
+                Ok(f) => {
+                    self.counters.bytes_out += f.bytes as u64;
+                    self.counters.write_calls += f.calls as u64;
+                }
+                Err(e) => {
+                    let r = io_reason(&e);
+                    self.remove(idx, r);
+                    continue;
+                }
+            }
+            if c.queue.is_empty() && c.phase == Phase::Flushing {
+                // Our last bytes are out: shut our side and read until the peer's EOF.
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                c.phase = Phase::Lingering;
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+}
+
+/// Shortens a heartbeat wait so the idle deadline (`idle` ms after `last_data`; 0 = none) is
+/// not overshot.
+fn idle_cap(idle: u32, last_data: u32, now: u32, wait: u32) -> u32 {
+    if idle == 0 {
+        return wait;
+    }
+    let idle_due = last_data.wrapping_add(idle);
+    if conn::tick_reached(now, idle_due) {
+        0
+    } else {
+        wait.min(idle_due.wrapping_sub(now))
+    }
+}
+
+/// Joins frames into one buffer (no copy when there is only one).
+fn concat(mut frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop().unwrap_or_default();
+    }
+    let len = frames.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for f in &frames {
+        out.extend_from_slice(f);
+    }
+    out.freeze()
+}
+
+/// Writes as much of `buf` as the socket takes. Returns (bytes, calls).
+fn write_direct<W: Write>(w: &mut W, buf: &[u8]) -> io::Result<(usize, u64)> {
+    let mut off = 0;
+    let mut calls = 0;
+    while off < buf.len() {
+        calls += 1;
+        match w.write(&buf[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((off, calls))
+}
+
+/// Maps a socket error to the counter it belongs in.
+pub(super) fn io_reason(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::PeerGone,
+        _ => CloseReason::IoError,
+    }
+}
+
+/// The reason stored in `Conn::reason`.
+pub(super) fn reason_from(v: u8) -> CloseReason {
+    CloseReason::ALL
+        .get(v as usize)
+        .copied()
+        .unwrap_or(CloseReason::IoError)
+}

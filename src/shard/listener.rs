@@ -1,0 +1,63 @@
+//! The shard's own listening socket.
+//!
+//! Every shard binds the same address with SO_REUSEPORT, so the kernel spreads incoming
+//! connections over the shards' accept queues (by a hash of the 4-tuple) and no two shards ever
+//! contend for one accept queue. With port 0 the first shard binds, learns the port the kernel
+//! chose, and the others bind that port.
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a non-blocking listener with SO_REUSEADDR and SO_REUSEPORT.
+pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// What one `accept` attempt gave.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new connection.
+    Conn(TcpStream, SocketAddr),
+    /// The queue is empty: wait for the next readiness event.
+    Drained,
+    /// Out of file descriptors (EMFILE/ENFILE): stop accepting for a while; the pending
+    /// connections wait in the kernel's queue instead of spinning this loop.
+    OutOfFiles,
+    /// A connection that died in the queue (ECONNABORTED) or another transient error: skip it.
+    Skip,
+}
+
+/// Accepts one connection and prepares it: TCP_NODELAY, because the shard already batches
+/// everything queued in a loop pass into one write, so Nagle would only add latency.
+pub fn accept(listener: &TcpListener) -> Accepted {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                // A failure here leaves a working (just slower) socket; not worth dropping it.
+                let _ = stream.set_nodelay(true);
+                return Accepted::Conn(stream, peer);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => Accepted::OutOfFiles,
+                    _ => Accepted::Skip,
+                }
+            }
+        }
+    }
+}

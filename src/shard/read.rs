@@ -1,0 +1,291 @@
+//! The read path of a shard: socket bytes into the shard's one read buffer, then either the
+//! upgrade request (handshake phase) or frames (open/closing), and the application's reaction
+//! (echo or broadcast) queued for the flush at the end of the pass.
+//!
+//! Reads stop at a short read. On Linux an edge-triggered socket reports readiness again for
+//! every new segment, so a read that did not fill the buffer proves the queue was empty at that
+//! moment, and the extra read that would only return `WouldBlock` is skipped: one syscall per
+//! message saved on the echo path. The exception is an event that already carries read-closed
+//! (FIN) or an error: no further edge will come, so those are read to the end.
+
+use std::io::{self, Read};
+
+use crate::config::App;
+use crate::metrics::CloseReason;
+use crate::proto::handshake::{self, Request, ServerLimits};
+use crate::proto::{frame, CloseCode, Event, Flow, OpCode, MAX_HEADER_LEN};
+
+use super::conn::{flags, Phase, TimerKind};
+use super::event_loop::{io_reason, reason_from, Shard, READS_PER_PASS};
+use super::send_queue::SendStatus;
+
+/// Where the bytes to parse are.
+enum Src {
+    /// `read_buf[..n]`.
+    ReadBuf(usize),
+    /// Left over after an upgrade request that arrived in pieces.
+    Owned(Vec<u8>),
+}
+
+/// What the frames of one read asked for, applied after the decoder lets go of the connection.
+#[derive(Default)]
+struct After {
+    close: Option<Option<(CloseCode, String)>>,
+    slow: bool,
+}
+
+impl Shard {
+    /// Reads what the socket has (up to the per-pass budget) and acts on it.
+    /// `to_end`: read until `WouldBlock`/EOF even after a short read.
+    pub(super) fn on_readable(&mut self, idx: usize, reads_allowed: bool, to_end: bool) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.phase == Phase::Open && !reads_allowed {
+            // A peer shard is congested: leave the bytes in the kernel so TCP pushes back on
+            // the sender; retry next pass.
+            self.defer_read(idx);
+            return;
+        }
+        for _ in 0..READS_PER_PASS {
+            let Some(c) = self.conns.get_mut(idx) else {
+                return;
+            };
+            let n = match c.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.on_eof(idx);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let r = io_reason(&e);
+                    self.remove(idx, r);
+                    return;
+                }
+            };
+            self.counters.bytes_in += n as u64;
+            c.last_seen = self.now as u32;
+            c.flags |= flags::SEEN;
+            match c.phase {
+                Phase::Handshaking => self.on_handshake_bytes(idx, n),
+                Phase::Open | Phase::Closing => self.on_frames(idx, Src::ReadBuf(n)),
+                // Our last bytes are queued or sent: input is read only to reach EOF.
+                Phase::Flushing | Phase::Lingering => {}
+            }
+            if n < self.read_buf.len() && !to_end {
+                return;
+            }
+        }
+        self.defer_read(idx);
+    }
+
+    fn defer_read(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !c.has(flags::READ_PENDING) {
+                c.flags |= flags::READ_PENDING;
+                self.pending_reads.push(idx);
+            }
+        }
+    }
+
+    fn on_eof(&mut self, idx: usize) {
+        let Some(c) = self.conns.get(idx) else {
+            return;
+        };
+        let r = match c.phase {
+            // EOF after our last bytes: the clean end of a close or an HTTP error.
+            Phase::Lingering | Phase::Flushing | Phase::Closing => reason_from(c.reason),
+            Phase::Handshaking | Phase::Open => CloseReason::PeerGone,
+        };
+        self.remove(idx, r);
+    }
+
+    fn on_handshake_bytes(&mut self, idx: usize, n: usize) {
+        let limits = ServerLimits {
+            max_header_bytes: self.cfg.max_header_bytes,
+            protocols: &self.cfg.protocols,
+        };
+        let mut owned = self.partial_hs.remove(&idx);
+        let parsed = match owned.as_mut() {
+            Some(buf) => {
+                buf.extend_from_slice(&self.read_buf[..n]);
+                handshake::parse_request(buf, &limits)
+            }
+            None => handshake::parse_request(&self.read_buf[..n], &limits),
+        };
+        match parsed {
+            Ok(None) => {
+                let buf = owned.unwrap_or_else(|| self.read_buf[..n].to_vec());
+                self.partial_hs.insert(idx, buf);
+            }
+            Ok(Some((Request::Health, _))) => {
+                self.finish_with(idx, CloseReason::Normal, false, |v| {
+                    v.extend_from_slice(handshake::HEALTH_RESPONSE)
+                });
+            }
+            Ok(Some((Request::Upgrade(up), consumed))) => {
+                let protocols = &self.cfg.protocols;
+                let c = &mut self.conns[idx];
+                c.queue.push_owned(&mut self.pool, usize::MAX, |v| {
+                    handshake::write_response(v, &up, protocols)
+                });
+                c.phase = Phase::Open;
+                c.last_data = self.now as u32;
+                self.counters.upgraded += 1;
+                self.set_timer(idx, TimerKind::Heartbeat, self.ms.ping);
+                self.mark_dirty(idx);
+                // Frames sent right behind the request belong to the WebSocket stream.
+                match owned {
+                    Some(mut buf) if buf.len() > consumed => {
+                        let rest = buf.split_off(consumed);
+                        self.on_frames(idx, Src::Owned(rest));
+                    }
+                    None if n > consumed => {
+                        self.read_buf.copy_within(consumed..n, 0);
+                        self.on_frames(idx, Src::ReadBuf(n - consumed));
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(shard = self.id, error = %e, "bad upgrade request");
+                self.finish_with(idx, CloseReason::BadHandshake, false, |v| {
+                    v.extend_from_slice(&e.response())
+                });
+            }
+        }
+    }
+
+    fn on_frames(&mut self, idx: usize, src: Src) {
+        let Shard {
+            conns,
+            read_buf,
+            pool,
+            counters,
+            outgoing,
+            outgoing_msgs,
+            cfg,
+            now,
+            ..
+        } = self;
+        let Some(c) = conns.get_mut(idx) else {
+            return;
+        };
+        let mut owned;
+        let data: &mut [u8] = match src {
+            Src::ReadBuf(n) => &mut read_buf[..n],
+            Src::Owned(v) => {
+                owned = v;
+                &mut owned[..]
+            }
+        };
+        let phase = c.phase;
+        let app = cfg.app;
+        let bound = cfg.max_backpressure;
+        let tick = *now as u32;
+        let queue = &mut c.queue;
+        let last_data = &mut c.last_data;
+        let mut after = After::default();
+        let res = c.decoder.feed(data, |ev| {
+            match ev {
+                Event::Text(p) | Event::Binary(p) => {
+                    let op = if matches!(ev, Event::Text(_)) {
+                        OpCode::Text
+                    } else {
+                        OpCode::Binary
+                    };
+                    counters.messages_in += 1;
+                    *last_data = tick;
+                    // Data received after we sent Close is read and discarded (§5.5.1).
+                    if !phase.sends_data() {
+                        return Flow::Continue;
+                    }
+                    match app {
+                        App::Echo => {
+                            let st = queue.push_owned(pool, bound, |v| {
+                                frame::encode_frame_into(v, op, p, None)
+                            });
+                            if st == SendStatus::Dropped {
+                                after.slow = true;
+                                return Flow::Stop;
+                            }
+                            counters.messages_out += 1;
+                        }
+                        App::Broadcast => {
+                            let mut h = [0u8; MAX_HEADER_LEN];
+                            let hl = frame::encode_header(&mut h, true, op, p.len() as u64, None);
+                            outgoing.extend_from_slice(&h[..hl]);
+                            outgoing.extend_from_slice(p);
+                            *outgoing_msgs += 1;
+                        }
+                    }
+                }
+                Event::Ping(p) => {
+                    // "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
+                    // response ... unless it already received a Close frame" (§5.5.2).
+                    if phase.sends_data() {
+                        let st = queue.push_owned(pool, bound, |v| {
+                            frame::encode_frame_into(v, OpCode::Pong, p, None)
+                        });
+                        if st == SendStatus::Dropped {
+                            after.slow = true;
+                            return Flow::Stop;
+                        }
+                    }
+                }
+                Event::Pong(_) => {}
+                Event::Close(code) => {
+                    after.close = Some(code.map(|(c, r)| (c, r.to_string())));
+                    return Flow::Stop;
+                }
+            }
+            Flow::Continue
+        });
+        let queued = !c.queue.is_empty();
+        if queued {
+            self.mark_dirty(idx);
+        }
+        if let Err(e) = res {
+            tracing::debug!(shard = self.id, error = %e, "protocol error");
+            self.fail(idx, e.close_code(), &e.to_string(), CloseReason::Protocol);
+        } else if after.slow {
+            self.fail(
+                idx,
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            );
+        } else if let Some(code) = after.close {
+            self.on_peer_close(idx, code.map(|(c, _)| c));
+        }
+    }
+
+    /// The peer sent Close. If we had not, answer with the same code (§5.5.1: "the endpoint
+    /// typically echos the status code it received"); either way the handshake is complete, so
+    /// end the connection once our bytes are out — the server closes TCP first (§7.1.1).
+    fn on_peer_close(&mut self, idx: usize, code: Option<CloseCode>) {
+        let Some(c) = self.conns.get(idx) else {
+            return;
+        };
+        match c.phase {
+            Phase::Open => self.finish_with(idx, CloseReason::Normal, false, |v| {
+                let mut p = [0u8; 2];
+                let n = match code {
+                    Some(code) => {
+                        p = code.0.to_be_bytes();
+                        2
+                    }
+                    None => 0,
+                };
+                frame::encode_frame_into(v, OpCode::Close, &p[..n], None)
+            }),
+            Phase::Closing => {
+                let r = reason_from(c.reason);
+                self.finish_with(idx, r, false, |_| {});
+            }
+            _ => {}
+        }
+    }
+}
