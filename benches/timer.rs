@@ -35,10 +35,11 @@ fn deadlines() -> Vec<u64> {
 }
 
 /// All keys in a random order. Traffic, accepts and closes reach connections in no
-/// particular slab order, so walking keys sequentially would flatter every figure with
-/// cache locality a shard never sees.
-fn shuffled_keys() -> Vec<usize> {
-    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+/// particular slab order, and not in the order their timers were filed, so each pass below
+/// uses a different shuffle: walking keys sequentially, or in filing order, would flatter
+/// every figure with cache locality a shard never sees.
+fn shuffled_keys(seed: u64) -> Vec<usize> {
+    let mut next = xorshift(seed);
     let mut keys: Vec<usize> = (0..N).collect();
     for i in (1..N).rev() {
         keys.swap(i, (next() % (i as u64 + 1)) as usize);
@@ -56,7 +57,8 @@ fn filled(keys: &[usize], deadlines: &[u64]) -> TimerWheel {
 
 fn wheel(c: &mut Criterion) {
     let deadlines = deadlines();
-    let keys = shuffled_keys();
+    let keys = shuffled_keys(0x2545_f491_4f6c_dd1d);
+    let other_keys = shuffled_keys(0x853c_49e6_748f_ea9b);
     let full = filled(&keys, &deadlines);
     let mut group = c.benchmark_group("timer_1M");
     group.throughput(Throughput::Elements(N as u64));
@@ -79,7 +81,7 @@ fn wheel(c: &mut Criterion) {
         b.iter_batched(
             || full.clone(),
             |mut wheel| {
-                for &key in &keys {
+                for &key in &other_keys {
                     black_box(wheel.cancel(key));
                 }
                 wheel
@@ -120,10 +122,12 @@ fn wheel(c: &mut Criterion) {
         let mut fired = Vec::new();
         b.iter(|| {
             // Each round the clock moves 1 ms and every connection shows traffic, pushing its
-            // ping back to now + 30 s: an unlink and a link per key, nothing fires.
+            // ping back to now + 30 s: an unlink and a link per key, nothing fires. Rounds
+            // alternate key orders so a key's list neighbours are not the keys touched next.
             let now = wheel.now() + 1;
             wheel.advance(now, &mut fired);
-            for &key in &keys {
+            let order = if now % 2 == 0 { &keys } else { &other_keys };
+            for &key in order {
                 wheel.insert(key, now + HEARTBEAT_MS);
             }
         });
