@@ -1,0 +1,228 @@
+//! Where each connection comes from and goes to, and whether the box can hold them all.
+//!
+//! A TCP connection is named by its 4-tuple, so a client can open at most one connection per
+//! ephemeral port for each (source address, destination address:port) pair. With
+//! `IP_BIND_ADDRESS_NO_PORT` (set in `client.rs` when a source is given) the kernel picks the
+//! port at `connect()` time, per 4-tuple, so the budget really is per pair and not per source
+//! address. Connection `g` (a global index across threads and processes) uses pair
+//! `g mod (sources x targets)`, so every pair gets the same share and a child process needs
+//! only its own index range to know its addresses.
+//!
+//! The checks here run before the first socket is opened: failing half-way with EMFILE or
+//! EADDRNOTAVAIL tells the user much less than a refusal that names the limit and the fix.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use starling::sys::LIMITS_HINT;
+
+/// Descriptors a process keeps besides its sockets: stdio, epoll, wakers, files it writes.
+pub const FD_RESERVE: u64 = 64;
+
+/// Most source addresses a range may expand to.
+const MAX_SOURCES: usize = 65_536;
+
+/// The address pairs connections are spread over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Local addresses to bind; empty means the kernel's choice (one implicit source).
+    pub sources: Vec<IpAddr>,
+    /// Destinations; at least one.
+    pub targets: Vec<SocketAddr>,
+}
+
+impl Endpoints {
+    /// Source (if any) and the index of the destination in `targets`.
+    pub fn pair_index(&self, global: u64) -> (Option<IpAddr>, usize) {
+        let t = self.targets.len() as u64;
+        let pairs = self.source_count() * t;
+        let p = global % pairs;
+        let source = self.sources.get((p / t) as usize).copied();
+        (source, (p % t) as usize)
+    }
+
+    /// How many sources connections are spread over (1 when the kernel chooses).
+    pub fn source_count(&self) -> u64 {
+        self.sources.len().max(1) as u64
+    }
+
+    /// The most connections any one (source, target) pair receives for `total` connections.
+    pub fn per_pair(&self, total: u64) -> u64 {
+        total.div_ceil(self.source_count() * self.targets.len() as u64)
+    }
+}
+
+/// Parses `--source`: an inclusive IPv4 range `127.0.0.1-127.0.0.50` or a comma list of
+/// IPv4/IPv6 addresses.
+pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, String> {
+    let spec = spec.trim();
+    if let Some((lo, hi)) = spec.split_once('-') {
+        let lo: Ipv4Addr = lo
+            .trim()
+            .parse()
+            .map_err(|_| format!("--source: `{lo}` is not an IPv4 address"))?;
+        let hi: Ipv4Addr = hi
+            .trim()
+            .parse()
+            .map_err(|_| format!("--source: `{hi}` is not an IPv4 address"))?;
+        let (lo, hi) = (u32::from(lo), u32::from(hi));
+        if lo > hi {
+            return Err(format!("--source: range `{spec}` runs backwards"));
+        }
+        if (hi - lo) as usize >= MAX_SOURCES {
+            return Err(format!(
+                "--source: range `{spec}` is over {MAX_SOURCES} addresses"
+            ));
+        }
+        return Ok((lo..=hi).map(|a| IpAddr::V4(Ipv4Addr::from(a))).collect());
+    }
+    let list: Result<Vec<IpAddr>, String> = spec
+        .split(',')
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| format!("--source: `{a}` is not an IP address"))
+        })
+        .collect();
+    let list = list?;
+    if list.is_empty() {
+        return Err("--source: no address given".into());
+    }
+    Ok(list)
+}
+
+/// Refuses a run that would run out of ephemeral ports on some (source, target) pair.
+pub fn check_ports(
+    endpoints: &Endpoints,
+    total: u64,
+    range: Option<(u16, u16)>,
+) -> Result<(), String> {
+    let Some((lo, hi)) = range else {
+        return Ok(());
+    };
+    let ports = u64::from(hi - lo) + 1;
+    let need = endpoints.per_pair(total);
+    if need <= ports {
+        return Ok(());
+    }
+    let pairs_needed = total.div_ceil(ports);
+    let sources_needed = pairs_needed.div_ceil(endpoints.targets.len() as u64);
+    Err(format!(
+        "{total} connections over {} source address(es) x {} target(s) need {need} ports per \
+         (source, target) pair, but net.ipv4.ip_local_port_range = {lo}-{hi} gives {ports}. \
+         Spread them over at least {sources_needed} source addresses (e.g. --source \
+         127.0.0.1-127.0.0.{}), or more target ports, or widen the range: {LIMITS_HINT}",
+        endpoints.source_count(),
+        endpoints.targets.len(),
+        sources_needed.min(254),
+    ))
+}
+
+/// Refuses a run whose per-process socket count would exceed the open-file limit.
+/// `hard` is RLIMIT_NOFILE's hard limit (the soft limit is raised to it at start).
+pub fn check_fds(sockets: u64, procs: u64, hard: u64) -> Result<(), String> {
+    let per_proc = sockets.div_ceil(procs.max(1));
+    if per_proc + FD_RESERVE <= hard {
+        return Ok(());
+    }
+    let usable = hard.saturating_sub(FD_RESERVE).max(1);
+    let procs_needed = sockets.div_ceil(usable);
+    Err(format!(
+        "{per_proc} sockets per process (of {sockets} over {procs} process(es)) need {} open \
+         files, but the hard RLIMIT_NOFILE is {hard}. Use --procs {procs_needed} (each process \
+         holds up to {usable}), or raise the limit: {LIMITS_HINT}",
+        per_proc + FD_RESERVE,
+    ))
+}
+
+/// The `[start, start + count)` share of `total` items that part `index` of `parts` gets:
+/// the first `total % parts` parts get one extra.
+pub fn share(total: u64, parts: u64, index: u64) -> (u64, u64) {
+    let parts = parts.max(1);
+    let base = total / parts;
+    let extra = total % parts;
+    let count = base + u64::from(index < extra);
+    let start = index * base + index.min(extra);
+    (start, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(sources: usize, ports: u16) -> Endpoints {
+        Endpoints {
+            sources: (1..=sources)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+                .collect(),
+            targets: (0..ports)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], 9000 + p)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ranges_and_lists() {
+        let r = parse_sources("127.0.0.1-127.0.0.50").unwrap();
+        assert_eq!(r.len(), 50);
+        assert_eq!(r[49], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 50)));
+        let l = parse_sources("127.0.0.1, 127.0.0.9").unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(parse_sources("127.0.0.9-127.0.0.1").is_err());
+        assert!(parse_sources("localhost").is_err());
+        assert!(parse_sources("10.0.0.0-10.2.0.0").is_err());
+    }
+
+    #[test]
+    fn every_pair_gets_an_equal_share() {
+        let e = ep(3, 2);
+        let mut counts = std::collections::HashMap::new();
+        for g in 0..600 {
+            *counts.entry(e.pair_index(g)).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 6);
+        assert!(counts.values().all(|&c| c == 100));
+        let none = Endpoints {
+            sources: vec![],
+            targets: ep(0, 1).targets,
+        };
+        assert_eq!(none.pair_index(7), (None, 0));
+    }
+
+    #[test]
+    fn port_budget_names_the_limit_and_the_fix() {
+        let range = Some((32768, 60999));
+        assert!(check_ports(&ep(0, 1), 28_232, range).is_ok());
+        let err = check_ports(&ep(0, 1), 60_000, range).unwrap_err();
+        assert!(err.contains("ip_local_port_range"), "{err}");
+        assert!(err.contains("sysctl/check"), "{err}");
+        assert!(err.contains("--source"), "{err}");
+        assert!(check_ports(&ep(0, 4), 60_000, range).is_ok());
+        assert!(check_ports(&ep(3, 1), 60_000, range).is_ok());
+        assert!(check_ports(&ep(0, 1), 1 << 40, None).is_ok());
+    }
+
+    #[test]
+    fn fd_budget_suggests_procs() {
+        assert!(check_fds(19_000, 1, 20_000).is_ok());
+        let err = check_fds(60_000, 1, 20_000).unwrap_err();
+        assert!(err.contains("--procs 4"), "{err}");
+        assert!(err.contains("RLIMIT_NOFILE"), "{err}");
+        assert!(err.contains("sysctl/tune"), "{err}");
+        assert!(check_fds(60_000, 4, 20_000).is_ok());
+    }
+
+    #[test]
+    fn shares_cover_the_whole_without_overlap() {
+        for total in [0u64, 1, 7, 100, 101] {
+            for parts in 1..6 {
+                let mut next = 0;
+                for i in 0..parts {
+                    let (start, count) = share(total, parts, i);
+                    assert_eq!(start, next);
+                    next += count;
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! One client connection: its socket, its phase, and what it does with what it reads.
+//!
+//! Lifecycle: `Connecting` (non-blocking connect in progress; the upgrade request is written
+//! as soon as the socket is writable) -> `Handshaking` (request sent, reading the 101) ->
+//! `Open` (frames parsed in place by the engine's [`Decoder`] in client role; our frames are
+//! masked with a fresh key each) -> `Closing` (we sent Close, waiting for the server's) ->
+//! `AwaitEof` (close handshake done, waiting for the server to close TCP first, so the
+//! TIME_WAIT lands on its side as RFC 6455 §7.1.1 intends) -> dropped.
+//!
+//! Buffers: the read buffer and the write (cork) buffer belong to the thread ([`Io`]), not
+//! the connection. A connection keeps bytes of its own only for what the socket did not take
+//! (`out`, empty almost always) and a handshake response cut between reads (`hs`). So each
+//! readiness event costs one `read` and at most one `write`, and an idle connection holds no
+//! buffer at all.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use rand::rngs::StdRng;
+use rand::RngCore;
+use socket2::{Domain, Protocol, Socket, Type};
+use starling::proto::frame::encode_frame_into;
+use starling::proto::handshake::{self, HandshakeError};
+use starling::proto::{CloseCode, Decoder, Event, Flow, OpCode, Role};
+
+use crate::stats::{record, Stats};
+use crate::workload::{read_stamp, Arrival, SeqTrack};
+
+/// Largest upgrade response we wait for before calling it malformed.
+const MAX_RESPONSE: usize = 16 * 1024;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// connect() in progress; the request is not written yet.
+    Connecting,
+    /// Request written; waiting for the 101.
+    Handshaking,
+    /// Upgraded; data flows.
+    Open,
+    /// We sent Close; waiting for the server's Close.
+    Closing,
+    /// Close handshake done; waiting for the server's FIN.
+    AwaitEof,
+}
+
+impl State {
+    /// Still establishing: counts against the handshake concurrency and the timeout.
+    pub fn is_pending(self) -> bool {
+        matches!(self, State::Connecting | State::Handshaking)
+    }
+}
+
+/// What the connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Sends payloads and expects them back, in order.
+    Echo,
+    /// Receives stamped broadcasts and checks their sequence.
+    Subscriber,
+    /// Sends stamped messages for fanout, with this global publisher id.
+    Publisher(u32),
+    /// Just holds the connection (connect) or runs one cycle (churn).
+    Hold,
+}
+
+/// Per-thread state a connection borrows while it handles an event.
+pub struct Io {
+    /// The thread's one read buffer.
+    pub buf: Vec<u8>,
+    /// The thread's cork buffer: frames for one connection are gathered here, then written
+    /// with one `write`.
+    pub scratch: Vec<u8>,
+    /// Counters and whole-run histograms.
+    pub stats: Stats,
+    /// Message latency since the last progress tick (merged into `stats` at each tick).
+    pub interval: Histogram<u64>,
+    /// Source of masking keys and handshake nonces. ChaCha12, seeded from the OS once per
+    /// thread: unpredictable keys as §5.3 asks, at a few ns per key and no syscall.
+    pub rng: StdRng,
+    /// The time this event is handled at (one clock read per readiness event).
+    pub now: u64,
+    /// Echo payload (the bytes every echo must return).
+    pub payload: Vec<u8>,
+    /// Opcode of our data frames.
+    pub opcode: OpCode,
+    /// Global publisher count (fanout): sizes each subscriber's sequence table.
+    pub publishers: u32,
+    /// Largest message accepted.
+    pub max_message: usize,
+    /// Set TCP_NODELAY (anything that sends more than the request).
+    pub nodelay: bool,
+    /// Whether data messages received now count towards the measured rate.
+    pub measuring: bool,
+}
+
+/// What the caller must do with the connection after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Keep it.
+    Keep,
+    /// Remove and close it (its fate is already counted).
+    Drop,
+}
+
+/// Message send times in flight, oldest first, run-length encoded: one entry per batch
+/// written together, so a closed loop of depth 64 costs one entry per write, not 64.
+#[derive(Debug, Default)]
+pub struct Fifo {
+    q: VecDeque<(u64, u32)>,
+    /// Messages taken since the last record: (send time, count).
+    run: (u64, u64),
+    /// Messages in flight.
+    pub len: u64,
+}
+
+impl Fifo {
+    /// `n` messages sent (or intended) at `t`.
+    pub fn push(&mut self, t: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.len += u64::from(n);
+        match self.q.back_mut() {
+            Some(back) if back.0 == t => back.1 += n,
+            _ => self.q.push_back((t, n)),
+        }
+    }
+
+    /// One reply arrived at `now`; `false` if none was in flight.
+    pub fn take(&mut self, now: u64, h: &mut Histogram<u64>) -> bool {
+        let Some(front) = self.q.front_mut() else {
+            return false;
+        };
+        let t = front.0;
+        front.1 -= 1;
+        if front.1 == 0 {
+            self.q.pop_front();
+        }
+        self.len -= 1;
+        if self.run.1 > 0 && self.run.0 != t {
+            record(h, now.saturating_sub(self.run.0), self.run.1);
+            self.run.1 = 0;
+        }
+        self.run.0 = t;
+        self.run.1 += 1;
+        true
+    }
+
+    /// Records the replies taken so far (one histogram update per batch).
+    pub fn settle(&mut self, now: u64, h: &mut Histogram<u64>) {
+        if self.run.1 > 0 {
+            record(h, now.saturating_sub(self.run.0), self.run.1);
+            self.run.1 = 0;
+        }
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    stream: TcpStream,
+    /// Phase.
+    pub state: State,
+    /// Purpose.
+    pub part: Part,
+    /// Global index (decides the address pair; identifies the connection in timeouts).
+    pub global: u64,
+    /// Index of the target (for the Host header).
+    pub target: usize,
+    key: [u8; 24],
+    /// When the schedule wanted this connection started.
+    pub intended_ns: u64,
+    /// When connect() was called.
+    pub started_ns: u64,
+    decoder: Decoder,
+    /// A handshake response cut between reads.
+    hs: Vec<u8>,
+    /// Bytes the socket has not taken yet.
+    out: Vec<u8>,
+    /// Echo: messages in flight.
+    pub inflight: Fifo,
+    /// Subscriber: per-publisher sequence state.
+    seqs: Vec<SeqTrack>,
+    /// Rate-driven sender: next sequence number (publisher) / messages sent.
+    pub seq: u64,
+    /// Rate-driven sender: intended time of the next message.
+    pub next_ns: u64,
+    /// When we sent Close.
+    pub close_ns: u64,
+}
+
+impl Conn {
+    /// Opens a non-blocking socket and starts connecting. With a source address the socket
+    /// is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel picks the port at connect
+    /// time per 4-tuple instead of reserving one per source address at bind time.
+    pub fn connect(
+        source: Option<IpAddr>,
+        target: SocketAddr,
+        nodelay: bool,
+    ) -> io::Result<TcpStream> {
+        let socket = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        if let Some(ip) = source {
+            let one: libc::c_int = 1;
+            // SAFETY: the fd is a valid socket owned by `socket` for the whole call; the
+            // option value points at a live c_int and its exact size is passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        if nodelay {
+            socket.set_nodelay(true)?;
+        }
+        match socket.connect(&target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(socket.into()))
+    }
+
+    /// A connection whose connect() is in progress.
+    pub fn new(stream: TcpStream, part: Part, global: u64, target: usize, io: &mut Io) -> Conn {
+        let mut nonce = [0u8; 16];
+        io.rng.fill_bytes(&mut nonce);
+        Conn {
+            stream,
+            state: State::Connecting,
+            part,
+            global,
+            target,
+            key: handshake::client_key(nonce),
+            intended_ns: io.now,
+            started_ns: io.now,
+            decoder: Decoder::new(Role::Client, io.max_message),
+            hs: Vec::new(),
+            out: Vec::new(),
+            inflight: Fifo::default(),
+            seqs: match part {
+                Part::Subscriber => vec![SeqTrack::default(); io.publishers as usize],
+                _ => Vec::new(),
+            },
+            seq: 0,
+            next_ns: 0,
+            close_ns: 0,
+        }
+    }
+
+    /// Writes the upgrade request, if the socket takes it. `request` is built by the caller
+    /// (it knows the host, path and headers); the key is ours.
+    pub fn send_request(
+        &mut self,
+        io: &mut Io,
+        request: impl Fn(&mut Vec<u8>, &[u8; 24]),
+    ) -> Outcome {
+        io.scratch.clear();
+        request(&mut io.scratch, &self.key);
+        let written = self.stream.write(&io.scratch);
+        // The request must not stay in the cork buffer: the caller flushes it next.
+        let request_len = io.scratch.len();
+        match written {
+            Ok(n) => {
+                io.stats.c.writes += 1;
+                io.stats.c.bytes_sent += n as u64;
+                if n < request_len {
+                    self.out.extend_from_slice(&io.scratch[n..]);
+                }
+                io.scratch.clear();
+                self.state = State::Handshaking;
+                Outcome::Keep
+            }
+            // Still connecting: the writable event will bring us back.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.stats.c.writes += 1;
+                io.scratch.clear();
+                Outcome::Keep
+            }
+            Err(e) => {
+                io.stats.c.writes += 1;
+                io.scratch.clear();
+                io.stats.failures.count_io(&e);
+                Outcome::Drop
+            }
+        }
+    }
+
+    /// Handles readability: read until the socket is drained, decode, react. Leaves any
+    /// frames to send in `io.scratch` (the caller flushes them with [`Conn::flush`]).
+    /// Returns the outcome and, for echo, how many replies arrived.
+    ///
+    /// `peer_closed`: the readiness event reported the peer's FIN (EPOLLRDHUP). Then a short
+    /// read does not mean "drained": the EOF is already queued behind the data and no new
+    /// edge will announce it, so reading goes on until it is seen.
+    pub fn on_readable(&mut self, io: &mut Io, peer_closed: bool) -> (Outcome, u32) {
+        let mut replies = 0u32;
+        loop {
+            let n = match self.stream.read(&mut io.buf) {
+                Ok(0) => {
+                    io.stats.c.reads += 1;
+                    return (self.on_eof(io), replies);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    io.stats.c.reads += 1;
+                    return (Outcome::Keep, replies);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    io.stats.c.reads += 1;
+                    return (self.on_error(io, &e), replies);
+                }
+            };
+            io.stats.c.reads += 1;
+            io.stats.c.bytes_received += n as u64;
+            let outcome = match self.state {
+                State::Connecting | State::Handshaking => self.on_response(io, n, &mut replies),
+                _ => self.on_frames(io, 0, n, &mut replies),
+            };
+            if outcome == Outcome::Drop {
+                return (outcome, replies);
+            }
+            // A short read means the receive queue was empty when read returned; any byte
+            // arriving later raises a new edge, so one read per readiness event suffices.
+            if n < io.buf.len() && !peer_closed {
+                return (Outcome::Keep, replies);
+            }
+        }
+    }
+
+    /// The bytes `io.buf[..n]` while waiting for the 101.
+    fn on_response(&mut self, io: &mut Io, n: usize, replies: &mut u32) -> Outcome {
+        let parsed = if self.hs.is_empty() {
+            handshake::parse_response(&io.buf[..n], &self.key, MAX_RESPONSE)
+        } else {
+            self.hs.extend_from_slice(&io.buf[..n]);
+            handshake::parse_response(&self.hs, &self.key, MAX_RESPONSE)
+        };
+        match parsed {
+            Ok(None) => {
+                if self.hs.is_empty() {
+                    self.hs.extend_from_slice(&io.buf[..n]);
+                }
+                Outcome::Keep
+            }
+            Ok(Some((_resp, consumed))) => {
+                self.state = State::Open;
+                let s = &mut io.stats;
+                s.c.handshakes += 1;
+                record(&mut s.handshake, io.now.saturating_sub(self.started_ns), 1);
+                record(
+                    &mut s.handshake_corrected,
+                    io.now.saturating_sub(self.intended_ns),
+                    1,
+                );
+                if self.hs.is_empty() {
+                    self.on_frames(io, consumed, n, replies)
+                } else {
+                    // Rare: the response came in pieces. Frames after it are in `hs`.
+                    let mut rest = std::mem::take(&mut self.hs);
+                    let len = rest.len();
+                    io.buf[..len - consumed].copy_from_slice(&rest[consumed..]);
+                    rest.clear();
+                    self.on_frames(io, 0, len - consumed, replies)
+                }
+            }
+            Err(HandshakeError::Status(code)) => {
+                *io.stats.failures.http_status.entry(code).or_default() += 1;
+                Outcome::Drop
+            }
+            Err(_) => {
+                io.stats.failures.bad_handshake += 1;
+                Outcome::Drop
+            }
+        }
+    }
+
+    /// Decodes `io.buf[from..to]` and reacts to each event.
+    fn on_frames(&mut self, io: &mut Io, from: usize, to: usize, replies: &mut u32) -> Outcome {
+        let Conn {
+            decoder,
+            inflight,
+            seqs,
+            state,
+            part,
+            close_ns,
+            ..
+        } = self;
+        let Io {
+            buf,
+            scratch,
+            stats,
+            interval,
+            rng,
+            now,
+            payload,
+            measuring,
+            ..
+        } = io;
+        let now = *now;
+        let mut server_closed = None;
+        let fed = decoder.feed(&mut buf[from..to], |ev| {
+            match ev {
+                Event::Binary(p) | Event::Text(p) => {
+                    stats.c.messages_received += 1;
+                    if *measuring {
+                        stats.c.measured_received += 1;
+                    }
+                    match part {
+                        Part::Echo => {
+                            if p != payload.as_slice() || !inflight.take(now, interval) {
+                                stats.c.mismatches += 1;
+                            }
+                            *replies += 1;
+                        }
+                        Part::Subscriber => match read_stamp(p) {
+                            Some(s) if (s.publisher as usize) < seqs.len() => {
+                                stats.c.deliveries += 1;
+                                if *measuring {
+                                    stats.c.measured_deliveries += 1;
+                                }
+                                record(interval, now.saturating_sub(s.intended_ns), 1);
+                                match seqs[s.publisher as usize].arrive(s.seq) {
+                                    Arrival::InOrder => {}
+                                    Arrival::Gap(k) => stats.c.gaps += k,
+                                    Arrival::Late => {
+                                        stats.c.gaps -= 1;
+                                        stats.c.reordered += 1;
+                                    }
+                                    Arrival::Duplicate => stats.c.duplicates += 1,
+                                    Arrival::TooOld => stats.c.reordered += 1,
+                                }
+                            }
+                            _ => stats.c.foreign += 1,
+                        },
+                        Part::Publisher(_) | Part::Hold => {}
+                    }
+                }
+                Event::Ping(p) => {
+                    // "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
+                    // response ... with identical Application data" (§5.5.2).
+                    stats.c.pings += 1;
+                    encode_frame_into(scratch, OpCode::Pong, p, Some(rng.next_u32().to_ne_bytes()));
+                }
+                Event::Pong(_) => {}
+                Event::Close(code) => server_closed = Some(code.map(|(c, _)| c)),
+            }
+            Flow::Continue
+        });
+        inflight.settle(now, interval);
+        if let Err(e) = fed {
+            // The server broke RFC 6455: say why (§7.4.1 code), then give up on it.
+            stats.c.protocol_errors += 1;
+            let mut p = [0u8; 2];
+            p.copy_from_slice(&e.close_code().0.to_be_bytes());
+            encode_frame_into(
+                scratch,
+                OpCode::Close,
+                &p,
+                Some(rng.next_u32().to_ne_bytes()),
+            );
+            let _ = self.flush(io);
+            return Outcome::Drop;
+        }
+        match server_closed {
+            None => Outcome::Keep,
+            Some(_) if *state == State::Closing => {
+                stats.c.closed_clean += 1;
+                record(&mut stats.teardown, now.saturating_sub(*close_ns), 1);
+                *state = State::AwaitEof;
+                Outcome::Keep
+            }
+            Some(code) => {
+                // The server closed first. "If an endpoint receives a Close frame and did not
+                // previously send a Close frame, the endpoint MUST send a Close frame in
+                // response" (§5.5.1), echoing the status code.
+                stats.c.closed_by_server += 1;
+                let echo = code.unwrap_or(CloseCode::NORMAL).0.to_be_bytes();
+                let body: &[u8] = if code.is_some() { &echo } else { &[] };
+                encode_frame_into(
+                    scratch,
+                    OpCode::Close,
+                    body,
+                    Some(rng.next_u32().to_ne_bytes()),
+                );
+                *state = State::AwaitEof;
+                Outcome::Keep
+            }
+        }
+    }
+
+    fn on_eof(&mut self, io: &mut Io) -> Outcome {
+        match self.state {
+            State::Connecting | State::Handshaking => io.stats.failures.closed += 1,
+            State::Open | State::Closing => io.stats.c.dropped += 1,
+            State::AwaitEof => {}
+        }
+        Outcome::Drop
+    }
+
+    fn on_error(&mut self, io: &mut Io, e: &io::Error) -> Outcome {
+        match self.state {
+            State::Connecting | State::Handshaking => io.stats.failures.count_io(e),
+            State::Open | State::Closing => io.stats.c.dropped += 1,
+            State::AwaitEof => {}
+        }
+        Outcome::Drop
+    }
+
+    /// Writes what is queued: `io.scratch` after any older unwritten bytes. One `write` when
+    /// nothing is pending (the common case); what the socket does not take is kept and
+    /// written on the next writable event.
+    pub fn flush(&mut self, io: &mut Io) -> Outcome {
+        if self.out.is_empty() {
+            if io.scratch.is_empty() {
+                return Outcome::Keep;
+            }
+            let written = match self.write_some(io, true) {
+                Ok(n) => n,
+                Err(o) => return o,
+            };
+            if written < io.scratch.len() {
+                self.out.extend_from_slice(&io.scratch[written..]);
+            }
+            io.scratch.clear();
+            return Outcome::Keep;
+        }
+        self.out.extend_from_slice(&io.scratch);
+        io.scratch.clear();
+        match self.write_some(io, false) {
+            Ok(n) => {
+                self.out.drain(..n);
+                if self.out.is_empty() {
+                    // Give back the overflow buffer: a backlog is the exception.
+                    self.out = Vec::new();
+                }
+                Outcome::Keep
+            }
+            Err(o) => o,
+        }
+    }
+
+    /// One write of `io.scratch` (`from_scratch`) or `self.out`.
+    fn write_some(&mut self, io: &mut Io, from_scratch: bool) -> Result<usize, Outcome> {
+        let bytes = if from_scratch { &io.scratch } else { &self.out };
+        loop {
+            io.stats.c.writes += 1;
+            match self.stream.write(bytes) {
+                Ok(n) => {
+                    io.stats.c.bytes_sent += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.on_error(io, &e)),
+            }
+        }
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn backlog(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Queues `n` echo messages into `io.scratch`, each masked with a fresh key, and notes
+    /// them in flight as sent at `t`.
+    pub fn queue_echo(&mut self, io: &mut Io, n: u32, t: u64) {
+        for _ in 0..n {
+            let key = io.rng.next_u32().to_ne_bytes();
+            encode_frame_into(&mut io.scratch, io.opcode, &io.payload, Some(key));
+        }
+        io.stats.c.messages_sent += u64::from(n);
+        self.inflight.push(t, n);
+    }
+
+    /// Queues one fanout message stamped `(publisher, seq, intended, now)` into
+    /// `io.scratch`; `io.payload` is the padded buffer the stamp is written into.
+    pub fn queue_publish(&mut self, io: &mut Io, publisher: u32, intended_ns: u64) {
+        let stamp = crate::workload::Stamp {
+            publisher,
+            seq: self.seq,
+            intended_ns,
+            sent_ns: io.now,
+        };
+        crate::workload::write_stamp(&mut io.payload, stamp);
+        let key = io.rng.next_u32().to_ne_bytes();
+        encode_frame_into(&mut io.scratch, OpCode::Binary, &io.payload, Some(key));
+        self.seq += 1;
+        io.stats.c.messages_sent += 1;
+        io.stats.c.published += 1;
+    }
+
+    /// Queues our Close (1000) and enters `Closing`.
+    pub fn queue_close(&mut self, io: &mut Io) {
+        let code = CloseCode::NORMAL.0.to_be_bytes();
+        encode_frame_into(
+            &mut io.scratch,
+            OpCode::Close,
+            &code,
+            Some(io.rng.next_u32().to_ne_bytes()),
+        );
+        self.state = State::Closing;
+        self.close_ns = io.now;
+    }
+}

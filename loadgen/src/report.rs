@@ -1,0 +1,588 @@
+//! Turning what was measured into what is printed: one [`Report`] holding every figure,
+//! rendered as the text summary, as `--json`, and (via `plot.rs`) as `--report DIR` files.
+//!
+//! The report is computed once from the merged [`Output`]; the text and the JSON are two
+//! views of the same struct, so they never disagree. Latencies are microseconds with one
+//! decimal; rates are per second of the measured phase.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::Scenario;
+use crate::env::{CpuUse, Density, Environment};
+use crate::plan::Plan;
+use crate::progress::{human, Sample};
+use crate::run::{Output, StepResult, Timing};
+use crate::stats::hist_to_b64;
+
+/// Percentiles of a latency histogram, µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Samples.
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// From a nanosecond histogram.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        Percentiles {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            min: us(h.min()),
+            mean: (h.mean() / 100.0).round() / 10.0,
+            count: h.len(),
+        }
+    }
+}
+
+/// Connection counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connections {
+    /// Attempts (socket + connect).
+    pub attempted: u64,
+    /// Valid 101s.
+    pub handshakes: u64,
+    /// Failed attempts (see `failures`).
+    pub failed: u64,
+    /// Most open at once.
+    pub open_peak: u64,
+    /// Handshakes still in flight when the run ended.
+    pub abandoned: u64,
+    /// Close handshakes completed at the end.
+    pub closed_clean: u64,
+    /// Close handshakes the server did not answer in time.
+    pub close_timeouts: u64,
+}
+
+/// Errors by kind (their sum is `errors`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorKinds {
+    /// Connection failures.
+    pub connect_failures: u64,
+    /// Frames breaking RFC 6455.
+    pub protocol_errors: u64,
+    /// Echoes that were not what was sent.
+    pub mismatches: u64,
+    /// Open connections the server closed with a Close frame.
+    pub closed_by_server: u64,
+    /// Open connections lost without a close handshake.
+    pub dropped: u64,
+}
+
+/// System calls made by the event loops.
+#[derive(Debug, Clone, Serialize)]
+pub struct Syscalls {
+    /// read(2).
+    pub read: u64,
+    /// write(2).
+    pub write: u64,
+    /// epoll_wait(2).
+    pub epoll_wait: u64,
+    /// (read + write + epoll_wait) per message received, over the whole run.
+    pub per_message: Option<f64>,
+}
+
+/// CPU use by phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cpu {
+    /// During the ramp.
+    pub ramp: CpuUse,
+    /// During the measured phase.
+    pub measure: CpuUse,
+}
+
+/// The capacity verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// The last step within the bounds.
+    pub largest_ok: Option<StepResult>,
+    /// Why the ramp stopped.
+    pub stopped_because: String,
+    /// Every step.
+    pub steps: Vec<StepResult>,
+}
+
+/// Every figure of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Target URL.
+    pub target: String,
+    /// The command line.
+    pub command: Vec<String>,
+    /// Unix time the run started.
+    pub started_at_unix_s: u64,
+    /// Connections asked for (fanout: subscribers).
+    pub connections_planned: u64,
+    /// Fanout publishers.
+    pub publishers: u64,
+    /// Payload bytes.
+    pub size: usize,
+    /// Echo depth.
+    pub depth: u32,
+    /// `--rate`, per second.
+    pub rate: Option<f64>,
+    /// Event-loop threads per process.
+    pub threads: usize,
+    /// Processes.
+    pub procs: usize,
+    /// Source addresses used (empty: the kernel's choice).
+    pub sources: usize,
+    /// Target ports.
+    pub targets: usize,
+    /// Measured phase, seconds (connect: the hold).
+    pub duration_s: f64,
+    /// Phases.
+    pub timing: Timing,
+    /// Connection counts.
+    pub connections: Connections,
+    /// Failures by cause: refused, timeout, reset, closed, emfile, eaddrnotavail,
+    /// bad_handshake, other, and `http_status:<code>`.
+    pub failures: BTreeMap<String, u64>,
+    /// Everything that went wrong (sum of `error_kinds`).
+    pub errors: u64,
+    /// Errors by kind.
+    pub error_kinds: ErrorKinds,
+    /// Start to the last handshake of the ramp.
+    pub time_to_n_s: Option<f64>,
+    /// Handshakes per second over `time_to_n_s` (churn: over the measured phase).
+    pub handshakes_per_sec: Option<f64>,
+    /// From connect() to the validated 101.
+    pub handshake_latency_us: Percentiles,
+    /// From the intended start (when `--rate` paces the connects).
+    pub handshake_latency_corrected_us: Option<Percentiles>,
+    /// Data messages sent.
+    pub messages_sent: u64,
+    /// Data messages received.
+    pub messages_received: u64,
+    /// Echo: messages received per second of the measured phase. Fanout: published per
+    /// second.
+    pub messages_per_sec: f64,
+    /// Wire bytes written.
+    pub bytes_sent: u64,
+    /// Wire bytes read.
+    pub bytes_received: u64,
+    /// Echo: round trip. Fanout: publish to receive. Rate-driven modes measure from the
+    /// intended send time.
+    pub latency_us: Percentiles,
+    /// Whether `latency_us` is corrected for coordinated omission.
+    pub latency_from_intended_time: bool,
+    /// Fanout: messages published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<u64>,
+    /// Fanout: stamped messages received by subscribers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<u64>,
+    /// Fanout: deliveries per second of the measured phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_sec: Option<f64>,
+    /// Fanout: subscribers open when publishing began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<u64>,
+    /// Fanout: published x subscribers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_deliveries: Option<u64>,
+    /// Fanout: expected deliveries that never arrived (gaps and the tail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<u64>,
+    /// Fanout: sequence numbers skipped and never received late.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gaps: Option<u64>,
+    /// Fanout: messages received twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicates: Option<u64>,
+    /// Fanout: messages received after a later one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reordered: Option<u64>,
+    /// Fanout: data messages without our stamp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<u64>,
+    /// Churn: cycles completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<u64>,
+    /// Churn: cycles per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_per_sec: Option<f64>,
+    /// Churn: from our Close to the server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teardown_latency_us: Option<Percentiles>,
+    /// Capacity ramp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// Pings the server sent (all answered).
+    pub pings: u64,
+    /// System calls of the event loops.
+    pub syscalls: Syscalls,
+    /// Heap allocations during the measured phase, all processes.
+    pub allocations_during_measure: u64,
+    /// CPU.
+    pub cpu: Cpu,
+    /// Server and kernel memory per connection (connect with --server-pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub density: Option<Density>,
+    /// Our own resident memory with every connection open, all processes.
+    pub client_rss_bytes: Option<u64>,
+    /// The machine.
+    pub environment: Environment,
+    /// One sample per second.
+    pub timeline: Vec<Sample>,
+    /// HdrHistogram V2 serialisations (base64), nanoseconds: latency, handshake,
+    /// handshake_corrected, teardown.
+    pub histograms: BTreeMap<String, String>,
+    /// Cut short by Ctrl-C.
+    pub interrupted: bool,
+    /// No error, and (fanout) no gap, duplicate, reordering or missing delivery.
+    pub ok: bool,
+}
+
+impl Report {
+    /// Builds the report.
+    pub fn new(plan: &Plan, out: &Output, env: Environment) -> Report {
+        let s = &out.stats;
+        let c = &s.c;
+        let measure = out.timing.measure_s.max(1e-9);
+        let fanout = plan.scenario == Scenario::Fanout;
+        let churn = plan.scenario == Scenario::Churn;
+        let rate_driven = plan.rate.is_some() || plan.scenario == Scenario::Capacity;
+        let expected = c.published * c.subscribers_at_start;
+        let unique = c.deliveries.saturating_sub(c.duplicates);
+        let missing = expected.saturating_sub(unique);
+        let calls = c.reads + c.writes + c.polls;
+        let handshakes_per_sec = if churn {
+            Some(c.handshakes as f64 / measure)
+        } else {
+            out.timing
+                .time_to_n_s
+                .filter(|t| *t > 0.0)
+                .map(|t| c.handshakes as f64 / t)
+        };
+        let errors = s.errors();
+        let ok = errors == 0
+            && !out.interrupted
+            && c.handshakes > 0
+            && (!fanout || (c.gaps == 0 && c.duplicates == 0 && c.reordered == 0 && missing == 0));
+        let mut histograms = BTreeMap::new();
+        histograms.insert("latency".to_owned(), hist_to_b64(&s.latency));
+        histograms.insert("handshake".to_owned(), hist_to_b64(&s.handshake));
+        histograms.insert(
+            "handshake_corrected".to_owned(),
+            hist_to_b64(&s.handshake_corrected),
+        );
+        histograms.insert("teardown".to_owned(), hist_to_b64(&s.teardown));
+        let some_if = |cond: bool, v: u64| cond.then_some(v);
+        Report {
+            scenario: plan.scenario,
+            target: plan.url.clone(),
+            command: std::env::args().collect(),
+            started_at_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(out.timing.total_s as u64),
+            connections_planned: plan.connections,
+            publishers: plan.publishers,
+            size: plan.size,
+            depth: plan.depth,
+            rate: plan.rate,
+            threads: plan.threads,
+            procs: plan.procs,
+            sources: plan.endpoints.sources.len(),
+            targets: plan.endpoints.targets.len(),
+            duration_s: out.timing.measure_s,
+            timing: out.timing.clone(),
+            connections: Connections {
+                attempted: c.connect_attempts,
+                handshakes: c.handshakes,
+                failed: s.failures.total(),
+                open_peak: c.peak_open,
+                abandoned: c.abandoned,
+                closed_clean: c.closed_clean,
+                close_timeouts: c.close_timeouts,
+            },
+            failures: s.failures.to_map(),
+            errors,
+            error_kinds: ErrorKinds {
+                connect_failures: s.failures.total(),
+                protocol_errors: c.protocol_errors,
+                mismatches: c.mismatches,
+                closed_by_server: c.closed_by_server,
+                dropped: c.dropped,
+            },
+            time_to_n_s: out.timing.time_to_n_s,
+            handshakes_per_sec,
+            handshake_latency_us: Percentiles::of(&s.handshake),
+            handshake_latency_corrected_us: plan
+                .rate
+                .is_some()
+                .then(|| Percentiles::of(&s.handshake_corrected)),
+            messages_sent: c.messages_sent,
+            messages_received: c.messages_received,
+            messages_per_sec: if fanout {
+                c.published as f64 / measure
+            } else {
+                c.measured_received as f64 / measure
+            },
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            latency_us: Percentiles::of(&s.latency),
+            latency_from_intended_time: rate_driven,
+            published: some_if(fanout, c.published),
+            deliveries: some_if(fanout, c.deliveries),
+            deliveries_per_sec: fanout.then(|| c.measured_deliveries as f64 / measure),
+            subscribers: some_if(fanout, c.subscribers_at_start),
+            expected_deliveries: some_if(fanout, expected),
+            missing: some_if(fanout, missing),
+            gaps: some_if(fanout, c.gaps),
+            duplicates: some_if(fanout, c.duplicates),
+            reordered: some_if(fanout, c.reordered),
+            foreign: some_if(fanout, c.foreign),
+            cycles: some_if(churn, c.cycles),
+            cycles_per_sec: churn.then(|| c.cycles as f64 / measure),
+            teardown_latency_us: churn.then(|| Percentiles::of(&s.teardown)),
+            capacity: (plan.scenario == Scenario::Capacity).then(|| Capacity {
+                largest_ok: out.steps.iter().take_while(|s| s.ok).last().cloned(),
+                stopped_because: out.capacity_stop.clone().unwrap_or_default(),
+                steps: out.steps.clone(),
+            }),
+            pings: c.pings,
+            syscalls: Syscalls {
+                read: c.reads,
+                write: c.writes,
+                epoll_wait: c.polls,
+                per_message: (c.messages_received > 0)
+                    .then(|| calls as f64 / c.messages_received as f64),
+            },
+            allocations_during_measure: out.allocations_measure,
+            cpu: Cpu {
+                ramp: out.cpu_ramp.clone(),
+                measure: out.cpu_measure.clone(),
+            },
+            density: out.density.clone(),
+            client_rss_bytes: out.client_rss_bytes,
+            environment: env,
+            timeline: out.timeline.clone(),
+            histograms,
+            interrupted: out.interrupted,
+            ok,
+        }
+    }
+
+    /// The exit status: 0 ok, 130 interrupted, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            130
+        } else if self.ok {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// The text summary.
+    pub fn text(&self) -> String {
+        let mut t = String::new();
+        let w = &mut t;
+        let _ = writeln!(
+            w,
+            "starling-loadgen {} {}  ({} process(es) x {} thread(s))",
+            serde_json::to_value(self.scenario)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            self.target,
+            self.procs,
+            self.threads
+        );
+        let c = &self.connections;
+        let _ = writeln!(
+            w,
+            "  connections  {} handshakes of {} attempted, {} failed, peak {} open{}",
+            c.handshakes,
+            c.attempted,
+            c.failed,
+            c.open_peak,
+            match (self.time_to_n_s, self.handshakes_per_sec) {
+                (Some(t), Some(r)) => format!("; time to N {t:.3} s ({}/s)", human(r)),
+                _ => String::new(),
+            }
+        );
+        let h = &self.handshake_latency_us;
+        let _ = writeln!(
+            w,
+            "  handshake    p50 {} p90 {} p99 {} p99.9 {} max {}",
+            us(h.p50),
+            us(h.p90),
+            us(h.p99),
+            us(h.p999),
+            us(h.max)
+        );
+        let failures: Vec<String> = self
+            .failures
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if !failures.is_empty() {
+            let _ = writeln!(w, "  FAILURES     {}", failures.join(", "));
+        }
+        if self.messages_sent + self.messages_received > 0 {
+            let _ = writeln!(
+                w,
+                "  messages     sent {} received {}  {} msg/s over {:.2} s",
+                self.messages_sent,
+                self.messages_received,
+                human(self.messages_per_sec),
+                self.duration_s
+            );
+            let l = &self.latency_us;
+            let _ = writeln!(
+                w,
+                "  latency      p50 {} p90 {} p99 {} p99.9 {} max {}{}",
+                us(l.p50),
+                us(l.p90),
+                us(l.p99),
+                us(l.p999),
+                us(l.max),
+                if self.latency_from_intended_time {
+                    "  (from intended send time)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let (Some(d), Some(e)) = (self.deliveries, self.expected_deliveries) {
+            let _ = writeln!(
+                w,
+                "  fanout       {} deliveries of {} expected ({} subscribers), {}/s; gaps {} duplicates {} reordered {} missing {}",
+                d,
+                e,
+                self.subscribers.unwrap_or(0),
+                human(self.deliveries_per_sec.unwrap_or(0.0)),
+                self.gaps.unwrap_or(0),
+                self.duplicates.unwrap_or(0),
+                self.reordered.unwrap_or(0),
+                self.missing.unwrap_or(0)
+            );
+        }
+        if let (Some(n), Some(r), Some(td)) =
+            (self.cycles, self.cycles_per_sec, &self.teardown_latency_us)
+        {
+            let _ = writeln!(
+                w,
+                "  churn        {n} cycles, {}/s; teardown p50 {} p99 {}",
+                human(r),
+                us(td.p50),
+                us(td.p99)
+            );
+        }
+        if let Some(cap) = &self.capacity {
+            match &cap.largest_ok {
+                Some(s) => {
+                    let _ = writeln!(
+                        w,
+                        "  capacity     held {} connections x {}/s (p99 {}); stopped: {}",
+                        s.connections,
+                        s.per_conn_rate,
+                        us(s.p99_us),
+                        cap.stopped_because
+                    );
+                }
+                None => {
+                    let _ = writeln!(w, "  capacity     no step held: {}", cap.stopped_because);
+                }
+            }
+        }
+        if let Some(d) = &self.density {
+            let f = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{v:.0} B"));
+            let _ = writeln!(
+                w,
+                "  density      per connection: server RSS {}, kernel TCP buffers {}, kernel slab {} (both ends)",
+                f(d.server_rss_bytes_per_conn),
+                f(d.kernel_tcp_mem_bytes_per_conn),
+                f(d.kernel_slab_bytes_per_conn)
+            );
+        }
+        let m = &self.cpu.measure;
+        let cores: Vec<String> = m
+            .cores
+            .iter()
+            .map(|c| format!("cpu{} {:.0}%", c.cpu, c.busy * 100.0))
+            .collect();
+        let _ = writeln!(
+            w,
+            "  cpu          loadgen {:.2} cores (user {:.2} s, sys {:.2} s); cores busy: {}{}",
+            m.busy_cores,
+            m.user_s,
+            m.system_s,
+            cores.join(", "),
+            m.server_busy_cores
+                .map_or(String::new(), |s| format!("; server {s:.2} cores"))
+        );
+        let _ = writeln!(
+            w,
+            "  syscalls     read {} write {} epoll_wait {}{}; allocations during measure {}",
+            self.syscalls.read,
+            self.syscalls.write,
+            self.syscalls.epoll_wait,
+            self.syscalls
+                .per_message
+                .map_or(String::new(), |p| format!(" ({p:.3} per message)")),
+            self.allocations_during_measure
+        );
+        let e = &self.error_kinds;
+        let _ = writeln!(
+            w,
+            "  errors       {}{}",
+            self.errors,
+            if self.errors > 0 {
+                format!(
+                    " (connect failures {}, protocol {}, mismatched echoes {}, closed by server {}, dropped {})",
+                    e.connect_failures, e.protocol_errors, e.mismatches, e.closed_by_server, e.dropped
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            w,
+            "  result       {}",
+            if self.interrupted {
+                "INTERRUPTED (figures so far)"
+            } else if self.ok {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        );
+        t
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
