@@ -180,7 +180,10 @@ fn timeline_png(path: &Path, report: &Report) -> DrawResult {
         .x_label_area_size(30)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..t_max, 0.0..rate_max * 1.1)?;
-    a.configure_mesh().y_desc("per second").draw()?;
+    a.configure_mesh()
+        .y_desc("per second")
+        .y_label_formatter(&|v| crate::progress::human(*v))
+        .draw()?;
     a.draw_series(LineSeries::new(
         t.iter().map(|s| (s.t_s, s.received_per_sec)),
         BLUE.stroke_width(2),

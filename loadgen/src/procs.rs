@@ -132,6 +132,9 @@ fn child_args(i: usize, n: usize) -> Vec<String> {
             skip = false;
             continue;
         }
+        if a == "--no-progress" {
+            continue;
+        }
         if drop_with_value.contains(&a.as_str()) {
             skip = true;
             continue;

@@ -172,7 +172,13 @@ pub fn run(plan: Arc<Plan>, gate: &mut dyn Gate, stop: &AtomicBool) -> std::io::
         Density::new(snap.open, before, after)
     });
     let client_rss_bytes = crate::env::self_rss();
-    let go = !stopped(&w) && gate.ready(&snap);
+    // Nothing opened: there is nothing to measure (the failures say why).
+    let nothing_open = snap.open == 0
+        && matches!(
+            plan.scenario,
+            Scenario::Connect | Scenario::Echo | Scenario::Fanout
+        );
+    let go = !stopped(&w) && gate.ready(&snap) && !nothing_open;
 
     // Measure.
     let measure_start = now_ns();

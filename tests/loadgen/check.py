@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Runs every starling-loadgen scenario briefly and asserts on its JSON.
+
+Targets: the Starling engine (target/debug/starling), and two servers nobody here wrote:
+Python `websockets` and Node `ws` (tests/interop/). Then the failures the load generator
+must name: a port with nothing listening (refused), a server answering 403/404 instead of
+101 (http_status:<code>), a server resetting every connection (reset), and a plan over the
+open-file limit (refused up front, exit 2, naming sysctl/check).
+
+    python3 tests/loadgen/check.py [--bin DIR] [-k SUBSTRING]
+
+Every run is bounded: each scenario lasts 1-2 s and each process gets a timeout. Servers are
+stopped through their own process handle. Prints `PASS`/`FAIL` per case and a final
+`N passed, M failed` line; exits 1 if any case failed.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+INTEROP = os.path.join(ROOT, "tests", "interop")
+RUN_TIMEOUT_S = 90
+READY_TIMEOUT_S = 15
+
+
+class Server:
+    """A server process on a free port, stopped on exit."""
+
+    def __init__(self, name, argv, port=None):
+        self.name = name
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = port if port is not None else self._announced_port()
+        self._wait_connectable()
+
+    def _announced_port(self):
+        # py_server.py and node_server.js print "listening <port>" once bound.
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"{self.name}: no 'listening' line (got {line!r}): {self.stderr()}")
+        return int(line.split()[1])
+
+    def _wait_connectable(self):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.stderr()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: port {self.port} not accepting")
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-800:]
+
+    def url(self, path="/"):
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def starling(bin_dir, app):
+    port = free_port()
+    argv = [os.path.join(bin_dir, "starling"), "serve", "--listen", f"127.0.0.1:{port}",
+            "--app", app, "--shards", "1"]
+    return Server(f"starling {app}", argv, port=port)
+
+
+def py_server(app):
+    return Server(f"websockets {app}", [sys.executable, os.path.join(INTEROP, "py_server.py"),
+                                        "--app", app])
+
+
+def node_server(app):
+    return Server(f"ws {app}", ["node", os.path.join(INTEROP, "node_server.js"), "--app", app])
+
+
+class Check:
+    def __init__(self, bin_dir, only):
+        self.loadgen = os.path.join(bin_dir, "starling-loadgen")
+        self.only = only
+        self.passed = 0
+        self.failed = 0
+        self.tmp = tempfile.mkdtemp(prefix="loadgen-check-")
+
+    def run(self, args, expect_exit=0):
+        """Runs the load generator; returns (report dict or None, stderr)."""
+        out = os.path.join(self.tmp, "out.json")
+        if os.path.exists(out):
+            os.remove(out)
+        argv = [self.loadgen, *args, "--json", out, "--no-progress"]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        if p.returncode != expect_exit:
+            raise AssertionError(f"exit {p.returncode}, expected {expect_exit}\n"
+                                 f"stdout: {p.stdout[-1500:]}\nstderr: {p.stderr[-800:]}")
+        report = None
+        if os.path.exists(out):
+            with open(out) as f:
+                report = json.load(f)
+        return report, p.stderr
+
+    def case(self, name, fn):
+        if self.only and self.only not in name:
+            return
+        try:
+            fn()
+            print(f"PASS {name}", flush=True)
+            self.passed += 1
+        except Exception as e:  # report every case, not only the first failure
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+            self.failed += 1
+
+
+def eq(what, got, want):
+    if got != want:
+        raise AssertionError(f"{what}: got {got!r}, want {want!r}")
+
+
+def at_least(what, got, low):
+    if got is None or got < low:
+        raise AssertionError(f"{what}: got {got!r}, want at least {low!r}")
+
+
+def clean(r, handshakes):
+    """The invariants of a clean run."""
+    eq("errors", r["errors"], 0)
+    eq("ok", r["ok"], True)
+    eq("handshakes", r["connections"]["handshakes"], handshakes)
+    eq("failures", sum(r["failures"].values()), 0)
+    eq("closed clean at the end", r["connections"]["closed_clean"], handshakes)
+
+
+def echo_counts_add_up(r):
+    at_least("messages_received", r["messages_received"], 1)
+    eq("received == sent", r["messages_received"], r["messages_sent"])
+    eq("latency samples == received", r["latency_us"]["count"], r["messages_received"])
+    for k in ("p50", "p90", "p99", "p999", "max"):
+        at_least(f"latency_us.{k}", r["latency_us"][k], 0.1)
+    at_least("messages_per_sec", r["messages_per_sec"], 1)
+
+
+def fanout_counts_add_up(r, subscribers):
+    eq("subscribers", r["subscribers"], subscribers)
+    at_least("published", r["published"], 1)
+    eq("expected_deliveries", r["expected_deliveries"], r["published"] * subscribers)
+    eq("deliveries", r["deliveries"], r["expected_deliveries"])
+    for k in ("gaps", "duplicates", "reordered", "missing", "foreign"):
+        eq(k, r[k], 0)
+    eq("latency samples == deliveries", r["latency_us"]["count"], r["deliveries"])
+    at_least("deliveries_per_sec", r["deliveries_per_sec"], 1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--bin", default=os.path.join(ROOT, "target", "debug"),
+                   help="directory holding starling and starling-loadgen")
+    p.add_argument("-k", default="", help="run only cases whose name contains this")
+    args = p.parse_args()
+    c = Check(args.bin, args.k)
+
+    with starling(args.bin, "echo") as s:
+        def echo_closed_loop():
+            r, _ = c.run(["echo", s.url(), "-c", "8", "--depth", "8", "--size", "32",
+                          "--duration", "1s", "--server-pid", str(s.proc.pid)])
+            clean(r, 8)
+            echo_counts_add_up(r)
+            eq("latency from intended time", r["latency_from_intended_time"], False)
+        c.case("starling echo closed loop", echo_closed_loop)
+
+        def echo_count():
+            r, _ = c.run(["echo", s.url(), "-c", "4", "--depth", "4", "--count", "1000",
+                          "--duration", "20s", "--text"])
+            clean(r, 4)
+            echo_counts_add_up(r)
+            eq("messages_received", r["messages_received"], 1000)
+        c.case("starling echo --count (text frames)", echo_count)
+
+        def echo_open_loop():
+            r, _ = c.run(["echo", s.url(), "-c", "4", "--rate", "2000/s", "--duration", "1s"])
+            clean(r, 4)
+            echo_counts_add_up(r)
+            eq("latency from intended time", r["latency_from_intended_time"], True)
+            if not 1500 <= r["messages_received"] <= 2500:
+                raise AssertionError(f"~2000 messages expected, got {r['messages_received']}")
+        c.case("starling echo open loop --rate", echo_open_loop)
+
+        def connect_density():
+            r, _ = c.run(["connect", s.url(), "-c", "300", "--rate", "3000/s", "--duration",
+                          "1s", "--server-pid", str(s.proc.pid)])
+            clean(r, 300)
+            eq("open_peak", r["connections"]["open_peak"], 300)
+            at_least("time_to_n_s", r["time_to_n_s"], 0.05)
+            at_least("handshakes_per_sec", r["handshakes_per_sec"], 1)
+            eq("handshake samples", r["handshake_latency_us"]["count"], 300)
+            eq("corrected handshake samples", r["handshake_latency_corrected_us"]["count"], 300)
+            d = r["density"]
+            eq("density connections", d["connections"], 300)
+            at_least("server RSS before", d["before"]["server_rss_bytes"], 1)
+            if d["server_rss_bytes_per_conn"] is None:
+                raise AssertionError("no server RSS per connection")
+            for key in ("kernel", "sysctls", "nofile_hard"):
+                if key not in r["environment"]:
+                    raise AssertionError(f"environment lacks {key}")
+        c.case("starling connect --server-pid (density)", connect_density)
+
+        def churn():
+            r, _ = c.run(["churn", s.url(), "-c", "8", "--rate", "300/s", "--duration", "1s"])
+            eq("errors", r["errors"], 0)
+            at_least("cycles", r["cycles"], 200)
+            eq("cycles == handshakes", r["cycles"], r["connections"]["handshakes"])
+            eq("clean closes == cycles", r["connections"]["closed_clean"], r["cycles"])
+            eq("teardown samples", r["teardown_latency_us"]["count"], r["cycles"])
+        c.case("starling churn", churn)
+
+        def capacity():
+            r, _ = c.run(["capacity", s.url(), "-c", "30", "--step", "10", "--step-duration",
+                          "500ms", "--per-conn-rate", "50/s", "--p99", "1s"])
+            eq("errors", r["errors"], 0)
+            steps = r["capacity"]["steps"]
+            eq("steps", [st["connections"] for st in steps], [10, 20, 30])
+            eq("all steps held", all(st["ok"] for st in steps), True)
+            eq("largest ok", r["capacity"]["largest_ok"]["connections"], 30)
+            eq("sent == received", r["messages_received"], r["messages_sent"])
+        c.case("starling capacity", capacity)
+
+        def capacity_bound():
+            # A 1 µs p99 bound cannot hold: the ramp must stop at step 1 and say why.
+            r, _ = c.run(["capacity", s.url(), "-c", "30", "--step", "10", "--step-duration",
+                          "300ms", "--per-conn-rate", "50/s", "--p99", "1us"])
+            eq("steps", len(r["capacity"]["steps"]), 1)
+            eq("largest ok", r["capacity"]["largest_ok"], None)
+            if "p99" not in r["capacity"]["stopped_because"]:
+                raise AssertionError(r["capacity"]["stopped_because"])
+        c.case("starling capacity stops at the p99 bound", capacity_bound)
+
+        def echo_procs():
+            r, _ = c.run(["echo", s.url(), "-c", "8", "--depth", "4", "--duration", "1s",
+                          "--procs", "2", "--threads", "1"])
+            clean(r, 8)
+            echo_counts_add_up(r)
+            eq("procs", r["procs"], 2)
+        c.case("starling echo --procs 2", echo_procs)
+
+        def report_dir():
+            d = os.path.join(c.tmp, "report")
+            r, _ = c.run(["echo", s.url(), "-c", "2", "--depth", "2", "--duration", "1s",
+                          "--report", d])
+            clean(r, 2)
+            with open(os.path.join(d, "latency.hgrm")) as f:
+                text = f.read()
+            if "Total count" not in text:
+                raise AssertionError("latency.hgrm lacks its footer")
+            with open(os.path.join(d, "report.json")) as f:
+                eq("report.json messages", json.load(f)["messages_received"], r["messages_received"])
+            png = os.path.join(d, "latency.png")
+            if os.path.exists("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+                with open(png, "rb") as f:
+                    eq("PNG signature", f.read(8), b"\x89PNG\r\n\x1a\n")
+        c.case("starling --report DIR", report_dir)
+
+    with starling(args.bin, "broadcast") as s:
+        def fanout():
+            r, _ = c.run(["fanout", s.url(), "-c", "50", "--publishers", "2", "--rate", "500/s",
+                          "--size", "64", "--duration", "1s"])
+            clean(r, 52)
+            fanout_counts_add_up(r, 50)
+            if not 400 <= r["published"] <= 600:
+                raise AssertionError(f"~500 published expected, got {r['published']}")
+        c.case("starling fanout", fanout)
+
+        def fanout_procs():
+            r, _ = c.run(["fanout", s.url(), "-c", "20", "--publishers", "2", "--rate", "200/s",
+                          "--duration", "1s", "--procs", "2", "--threads", "1"])
+            clean(r, 22)
+            fanout_counts_add_up(r, 20)
+        c.case("starling fanout --procs 2", fanout_procs)
+
+    for label, make in (("python websockets", py_server), ("node ws", node_server)):
+        with make("echo") as s:
+            def echo_peer():
+                r, _ = c.run(["echo", s.url(), "-c", "4", "--depth", "4", "--duration", "1s"])
+                clean(r, 4)
+                echo_counts_add_up(r)
+            c.case(f"{label} echo", echo_peer)
+        with make("broadcast") as s:
+            def fanout_peer():
+                r, _ = c.run(["fanout", s.url(), "-c", "20", "--publishers", "1", "--rate",
+                              "200/s", "--duration", "1s"])
+                clean(r, 21)
+                fanout_counts_add_up(r, 20)
+            c.case(f"{label} fanout", fanout_peer)
+
+    def refused():
+        port = free_port()  # nothing listens there once the probe socket is closed
+        r, _ = c.run(["connect", f"ws://127.0.0.1:{port}/", "-c", "5", "--duration", "1s"],
+                     expect_exit=1)
+        eq("refused", r["failures"]["refused"], 5)
+        eq("handshakes", r["connections"]["handshakes"], 0)
+        eq("errors", r["errors"], 5)
+        eq("ok", r["ok"], False)
+    c.case("refused port -> refused, exit 1", refused)
+
+    for status in (403, 404):
+        def non_101(status=status):
+            with py_server(f"status:{status}") as s:
+                r, _ = c.run(["echo", s.url(), "-c", "3", "--duration", "1s"], expect_exit=1)
+            eq(f"http_status:{status}", r["failures"].get(f"http_status:{status}"), 3)
+            eq("handshakes", r["connections"]["handshakes"], 0)
+            eq("errors", r["errors"], 3)
+        c.case(f"HTTP {status} -> http_status:{status}, exit 1", non_101)
+
+    def reset():
+        with py_server("reset") as s:
+            r, _ = c.run(["connect", s.url(), "-c", "3", "--duration", "1s"], expect_exit=1)
+        # A reset before the request is written shows as reset; one that races the request
+        # may show as the connection closing: either way, no handshake and 3 failures.
+        eq("reset + closed", r["failures"]["reset"] + r["failures"]["closed"], 3)
+        at_least("reset", r["failures"]["reset"], 1)
+        eq("handshakes", r["connections"]["handshakes"], 0)
+    c.case("reset -> reset, exit 1", reset)
+
+    def over_the_limit():
+        _, err = c.run(["connect", "ws://127.0.0.1:9/", "-c", "1000000"], expect_exit=2)
+        for needle in ("RLIMIT_NOFILE", "--procs", "sysctl/check"):
+            if needle not in err:
+                raise AssertionError(f"refusal does not mention {needle}: {err}")
+    c.case("plan over the open-file limit -> refused, exit 2", over_the_limit)
+
+    shutil.rmtree(c.tmp, ignore_errors=True)
+    print(f"{c.passed} passed, {c.failed} failed")
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
