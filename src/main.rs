@@ -42,6 +42,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    // Handlers first: a SIGTERM that arrives while we start must still drain, not kill.
+    let signals = match signal_channel() {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
     let config = match args.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -55,15 +63,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(1);
-        }
-    };
-    let signals = match signal_channel() {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            server.shutdown();
-            server.join();
             return ExitCode::from(1);
         }
     };

@@ -27,15 +27,13 @@ pub enum CloseReason {
     SlowConsumer,
     /// We sent 1001 because the server is draining.
     Drain,
-    /// Our close frame was not answered within `close_timeout`.
-    CloseTimeout,
     /// A socket error other than reset (counted so nothing disappears silently).
     IoError,
 }
 
 impl CloseReason {
     /// Number of reasons (array length).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 10;
     /// All reasons, in index order.
     pub const ALL: [CloseReason; Self::COUNT] = [
         CloseReason::Normal,
@@ -47,7 +45,6 @@ impl CloseReason {
         CloseReason::Idle,
         CloseReason::SlowConsumer,
         CloseReason::Drain,
-        CloseReason::CloseTimeout,
         CloseReason::IoError,
     ];
 
@@ -63,7 +60,6 @@ impl CloseReason {
             CloseReason::Idle => "idle_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Drain => "drain",
-            CloseReason::CloseTimeout => "close_timeout",
             CloseReason::IoError => "io_error",
         }
     }
@@ -90,6 +86,9 @@ pub struct Counters {
     pub bytes_out: u64,
     /// `writev`/`write` calls made.
     pub write_calls: u64,
+    /// Closings (ours or the peer's) that ran out of `close_timeout` before the peer's EOF or
+    /// close frame; the socket was then dropped. The reason was counted when the close began.
+    pub close_timeouts: u64,
     /// `accept` failures from the open-file limit (EMFILE/ENFILE).
     pub accept_emfile: u64,
     /// Passes through the event loop.
@@ -110,11 +109,12 @@ impl Counters {
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.write_calls += o.write_calls;
+        self.close_timeouts += o.close_timeouts;
         self.accept_emfile += o.accept_emfile;
         self.loop_iterations += o.loop_iterations;
     }
 
-    /// Counts one ended connection.
+    /// Counts one ended connection (reason and removal at once).
     pub fn close(&mut self, reason: CloseReason) {
         self.closed[reason as usize] += 1;
         self.open = self.open.saturating_sub(1);
@@ -140,6 +140,9 @@ impl fmt::Display for Counters {
             self.bytes_out,
             self.write_calls
         )?;
+        if self.close_timeouts > 0 {
+            write!(f, " close_timeouts={}", self.close_timeouts)?;
+        }
         for r in CloseReason::ALL {
             let n = self.closed_for(r);
             if n > 0 {

@@ -327,11 +327,26 @@ impl Shard {
     }
 
     /// Drops a connection now. Closing the fd removes it from epoll, so no deregister call.
+    /// `reason` is counted unless the close was already decided (and counted) earlier.
     pub(super) fn remove(&mut self, idx: usize, reason: CloseReason) {
-        if self.conns.try_remove(idx).is_some() {
+        if let Some(c) = self.conns.try_remove(idx) {
             self.wheel.cancel(idx);
             self.partial_hs.remove(&idx);
-            self.counters.close(reason);
+            if !c.has(flags::COUNTED) {
+                self.counters.closed[reason as usize] += 1;
+            }
+            self.counters.open = self.counters.open.saturating_sub(1);
+        }
+    }
+
+    /// Records why a connection is ending, once, at the moment that is decided.
+    pub(super) fn decide(&mut self, idx: usize, r: CloseReason) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !c.has(flags::COUNTED) {
+                c.flags |= flags::COUNTED;
+                c.reason = r as u8;
+                self.counters.closed[r as usize] += 1;
+            }
         }
     }
 
@@ -366,7 +381,7 @@ impl Shard {
         });
         c.flags |= flags::SENT_CLOSE;
         c.phase = Phase::Closing;
-        c.reason = r as u8;
+        self.decide(idx, r);
         self.set_timer(idx, TimerKind::Close, self.ms.close);
         self.mark_dirty(idx);
     }
@@ -392,7 +407,7 @@ impl Shard {
         }
         c.queue.push_owned(&mut self.pool, usize::MAX, fill);
         c.phase = Phase::Flushing;
-        c.reason = r as u8;
+        self.decide(idx, r);
         self.set_timer(idx, TimerKind::Close, self.ms.close);
         self.mark_dirty(idx);
     }
@@ -480,13 +495,9 @@ impl Shard {
                 });
             }
             TimerKind::Close => {
-                let r = reason_from(c.reason);
-                let r = if r == CloseReason::Normal {
-                    CloseReason::CloseTimeout
-                } else {
-                    r
-                };
-                self.remove(idx, r);
+                // The reason was counted when the close began; this only ends the wait.
+                self.counters.close_timeouts += 1;
+                self.remove(idx, CloseReason::IoError);
             }
             TimerKind::Heartbeat => {
                 if self.ms.idle > 0
@@ -559,7 +570,7 @@ impl Shard {
                         self.counters.bytes_out += n as u64;
                         self.counters.write_calls += calls;
                         if n < frame.len() {
-                            c.queue.push_shared(frame.slice(n..), bound);
+                            c.queue.push_shared_after_write(frame.clone(), n);
                         }
                     }
                     Err(_) => broken.push(idx),

@@ -134,7 +134,11 @@ impl Shard {
                 c.phase = Phase::Open;
                 c.last_data = self.now as u32;
                 self.counters.upgraded += 1;
-                self.set_timer(idx, TimerKind::Heartbeat, self.ms.ping);
+                let first = match self.ms.idle {
+                    0 => self.ms.ping,
+                    idle => self.ms.ping.min(idle),
+                };
+                self.set_timer(idx, TimerKind::Heartbeat, first);
                 self.mark_dirty(idx);
                 // Frames sent right behind the request belong to the WebSocket stream.
                 match owned {

@@ -108,6 +108,17 @@ impl SendQueue {
         self.status_after_push(before, bound)
     }
 
+    /// Queues what is left of a shared frame of which the first `written` bytes already went
+    /// out directly (the broadcast fast path, used only on an empty queue). The whole frame is
+    /// kept with `head_off = written`, so the queue still knows the front chunk is mid-frame
+    /// (see [`SendQueue::truncate_to_partial`]).
+    pub fn push_shared_after_write(&mut self, frame: Bytes, written: usize) {
+        debug_assert!(self.is_empty() && written < frame.len());
+        self.queued += frame.len() - written;
+        self.head_off = written;
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
     /// Appends bytes produced by `fill` to a private buffer (the last owned chunk when it has
     /// room, else a buffer from `pool`), unless the queue was already over `bound`.
     pub fn push_owned(
@@ -344,6 +355,26 @@ mod tests {
         q.push_shared(Bytes::from_static(b"xyz"), 1 << 20);
         q.truncate_to_partial(&mut pool);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_frame_partly_written_by_the_fast_path_survives_truncation() {
+        let mut pool = BufPool::default();
+        let mut q = SendQueue::default();
+        let frame = Bytes::from_static(b"0123456789");
+        q.push_shared_after_write(frame, 3);
+        q.push_shared(Bytes::from_static(b"next"), 1 << 20);
+        q.truncate_to_partial(&mut pool);
+        let mut sock = Trickle {
+            out: Vec::new(),
+            per_call: 100,
+            calls_left: 10,
+        };
+        q.flush(&mut sock, &mut pool).unwrap();
+        assert_eq!(
+            sock.out, b"3456789",
+            "the rest of the frame, and nothing after it"
+        );
     }
 
     #[test]
