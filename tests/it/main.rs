@@ -1,1 +1,47 @@
-fn main(){}
+//! Integration tests: one binary, real sockets, a server per test on a port the kernel picks
+//! (or the real binary as a child process), so tests run in parallel.
+//!
+//! No test asserts that something was fast; every wait has a generous upper bound only so that
+//! a broken server fails a test instead of hanging it.
+
+// Shared helpers: in-process server guard, waits, raw frames, tungstenite client, child
+// process guard. If you're adding a helper more than one module needs, it goes in here.
+mod util;
+
+// Data messages coming back intact: sizes, ordering, fragmentation with control frames
+// interleaved. If you're adding something new about what the echo app returns, it probably goes
+// in here.
+mod echo;
+
+// The HTTP upgrade: each rejection and its status, partial requests, /healthz, subprotocols,
+// the handshake timeout. If you're adding something new about the opening handshake, it
+// probably goes in here.
+mod handshake;
+
+// A table of raw byte transcripts that break RFC 6455 and the close code each must produce. If
+// you're adding a new way for a peer to misbehave after the upgrade, it goes in the table here.
+mod malformed;
+
+// The close handshake started by the client. If you're adding something new about how a
+// connection ends normally, it probably goes in here.
+mod close;
+
+// Pings, pongs, missed pongs and the idle timeout. If you're adding something new about
+// liveness or timers on open connections, it probably goes in here.
+mod heartbeat;
+
+// Slow consumers and bounded memory. If you're adding something new about send queues or
+// backpressure, it probably goes in here.
+mod backpressure;
+
+// The broadcast app across shards. If you're adding something new about fan-out, it probably
+// goes in here.
+mod broadcast;
+
+// Graceful drain on SIGTERM and `Server::drain`. If you're adding something new about shutting
+// down, it probably goes in here.
+mod drain;
+
+// The command line of the real binary: help, exit codes, the config file. If you're adding a
+// new flag or config field, its test probably goes in here.
+mod cli;

@@ -1,0 +1,92 @@
+//! The broadcast app across shards: every message reaches every open connection on every
+//! shard, sender included, in the order it was sent.
+
+use starling::config::{App, Config};
+use tungstenite::Message;
+
+use crate::util::ws::{self, Ws};
+use crate::util::{config, wait_until, TestServer, PATIENCE};
+
+#[test]
+fn every_client_on_every_shard_receives_every_message_in_order() {
+    let server = TestServer::start(Config {
+        app: App::Broadcast,
+        shards: 2,
+        ..config()
+    });
+    // The kernel spreads connections over the shards' listeners by a hash of the 4-tuple; open
+    // clients until both shards hold some (16 almost always suffice).
+    let mut clients: Vec<Ws> = Vec::new();
+    let both_shards = |server: &TestServer, n: usize| {
+        wait_until(PATIENCE, || {
+            let s = server.shard_counters();
+            s.iter().map(|c| c.upgraded).sum::<u64>() >= n as u64
+        });
+        server.shard_counters().iter().all(|c| c.upgraded > 0)
+    };
+    while clients.len() < 16 || !both_shards(&server, clients.len()) {
+        assert!(
+            clients.len() < 256,
+            "256 connections all landed on one shard: {:?}",
+            server.shard_counters()
+        );
+        clients.push(ws::connect(server.addr()));
+    }
+    let per_shard: Vec<u64> = server.shard_counters().iter().map(|c| c.upgraded).collect();
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+
+    let n = 100;
+    for i in 0..n {
+        clients[0]
+            .write(Message::Text(format!("broadcast {i}")))
+            .unwrap();
+    }
+    clients[0].flush().unwrap();
+    for (k, c) in clients.iter_mut().enumerate() {
+        for i in 0..n {
+            let got = ws::next_data(c);
+            assert_eq!(
+                got,
+                Message::Text(format!("broadcast {i}")),
+                "client {k} message {i}"
+            );
+        }
+    }
+    assert!(
+        wait_until(PATIENCE, || server.counters().messages_in >= n),
+        "{}",
+        server.counters()
+    );
+}
+
+#[test]
+fn messages_from_clients_on_different_shards_all_arrive() {
+    let server = TestServer::start(Config {
+        app: App::Broadcast,
+        shards: 2,
+        ..config()
+    });
+    let mut clients: Vec<Ws> = (0..8).map(|_| ws::connect(server.addr())).collect();
+    // Every client publishes 10 binary messages tagged with its index.
+    for (k, c) in clients.iter_mut().enumerate() {
+        for i in 0..10u8 {
+            c.write(Message::Binary(vec![k as u8, i])).unwrap();
+        }
+        c.flush().unwrap();
+    }
+    // Each client gets all 80; per publisher, in order.
+    for (k, c) in clients.iter_mut().enumerate() {
+        let mut next = [0u8; 8];
+        for _ in 0..80 {
+            match ws::next_data(c) {
+                Message::Binary(b) => {
+                    let (from, i) = (b[0] as usize, b[1]);
+                    assert_eq!(i, next[from], "client {k}: publisher {from} out of order");
+                    next[from] += 1;
+                }
+                other => panic!("client {k}: {}", ws::desc(&other)),
+            }
+        }
+        assert!(next.iter().all(|&x| x == 10), "client {k}: {next:?}");
+    }
+}
