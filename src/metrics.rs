@@ -84,6 +84,8 @@ pub struct Counters {
     pub bytes_in: u64,
     /// Bytes written to sockets.
     pub bytes_out: u64,
+    /// `read` calls made.
+    pub read_calls: u64,
     /// `writev`/`write` calls made.
     pub write_calls: u64,
     /// Closings (ours or the peer's) that ran out of `close_timeout` before the peer's EOF or
@@ -108,6 +110,7 @@ impl Counters {
         self.messages_out += o.messages_out;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.read_calls += o.read_calls;
         self.write_calls += o.write_calls;
         self.close_timeouts += o.close_timeouts;
         self.accept_emfile += o.accept_emfile;
@@ -130,7 +133,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open={} accepted={} upgraded={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} writes={}",
+            "open={} accepted={} upgraded={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} reads={} writes={}",
             self.open,
             self.accepted,
             self.upgraded,
@@ -138,6 +141,7 @@ impl fmt::Display for Counters {
             self.messages_out,
             self.bytes_in,
             self.bytes_out,
+            self.read_calls,
             self.write_calls
         )?;
         if self.close_timeouts > 0 {

@@ -51,6 +51,7 @@ impl Shard {
             let Some(c) = self.conns.get_mut(idx) else {
                 return;
             };
+            self.counters.read_calls += 1;
             let n = match c.stream.read(&mut self.read_buf) {
                 Ok(0) => {
                     self.on_eof(idx);

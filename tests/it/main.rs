@@ -45,3 +45,7 @@ mod drain;
 // The command line of the real binary: help, exit codes, the config file. If you're adding a
 // new flag or config field, its test probably goes in here.
 mod cli;
+
+// Independent clients written elsewhere (Python `websockets`, Node `ws`) driving the server.
+// If you're adding a check that another implementation must agree with, it goes in here.
+mod interop;
