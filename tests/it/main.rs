@@ -49,3 +49,7 @@ mod cli;
 // Independent clients written elsewhere (Python `websockets`, Node `ws`) driving the server.
 // If you're adding a check that another implementation must agree with, it goes in here.
 mod interop;
+
+// A real browser (headless Chromium) against the server. If you're adding something browsers
+// must be able to do, it goes in here.
+mod browser;
