@@ -28,7 +28,7 @@ use starling::proto::handshake::{self, HandshakeError};
 use starling::proto::{CloseCode, Decoder, Event, Flow, OpCode, Role};
 
 use crate::stats::{record, Stats};
-use crate::workload::{read_stamp, Arrival, SeqTrack};
+use crate::workload::{read_stamp, same, Arrival, SeqTrack};
 
 /// Largest upgrade response we wait for before calling it malformed.
 const MAX_RESPONSE: usize = 16 * 1024;
@@ -84,10 +84,11 @@ pub struct Io {
     pub rng: StdRng,
     /// The time this event is handled at (one clock read per readiness event).
     pub now: u64,
-    /// Echo payload (the bytes every echo must return).
+    /// Echo payload (the bytes every echo must return); fanout: the padded message the
+    /// stamp is written into.
     pub payload: Vec<u8>,
-    /// Opcode of our data frames.
-    pub opcode: OpCode,
+    /// The echo frames, pre-encoded.
+    pub frames: crate::workload::FrameBatch,
     /// Global publisher count (fanout): sizes each subscriber's sequence table.
     pub publishers: u32,
     /// Largest message accepted.
@@ -424,7 +425,7 @@ impl Conn {
                     }
                     match part {
                         Part::Echo => {
-                            if p != payload.as_slice() || !inflight.take(now, interval) {
+                            if !same(p, payload) || !inflight.take(now, interval) {
                                 stats.c.mismatches += 1;
                             }
                             *replies += 1;
@@ -581,10 +582,7 @@ impl Conn {
     /// Queues `n` echo messages into `io.scratch`, each masked with a fresh key, and notes
     /// them in flight as sent at `t`.
     pub fn queue_echo(&mut self, io: &mut Io, n: u32, t: u64) {
-        for _ in 0..n {
-            let key = io.rng.next_u32().to_ne_bytes();
-            encode_frame_into(&mut io.scratch, io.opcode, &io.payload, Some(key));
-        }
+        io.frames.push(&mut io.scratch, n as usize, &mut io.rng);
         io.stats.c.messages_sent += u64::from(n);
         self.inflight.push(t, n);
     }

@@ -122,9 +122,9 @@ enum Msg {
     Gone(usize, String),
 }
 
-/// The command line for child `i`: ours without the outputs and `--procs`, plus `--child`.
+/// The command line for child `i`: ours without the outputs, plus `--child`.
 fn child_args(i: usize, n: usize) -> Vec<String> {
-    let drop_with_value = ["--procs", "--json", "--report", "--server-pid"];
+    let drop_with_value = ["--json", "--report", "--server-pid"];
     let mut out = Vec::new();
     let mut skip = false;
     for a in std::env::args().skip(1) {

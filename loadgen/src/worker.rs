@@ -34,7 +34,7 @@ use crate::clock::{now_ns, ns};
 use crate::control::{Control, Phase};
 use crate::plan::Plan;
 use crate::stats::{new_histogram, Stats};
-use crate::workload::echo_payload;
+use crate::workload::{echo_payload, FrameBatch};
 
 /// The token of the thread's waker; connection tokens are slab keys, far below it.
 const WAKER: Token = Token(usize::MAX);
@@ -112,6 +112,11 @@ pub fn run(
         headers: &plan.headers,
     };
     let payload = echo_payload(plan.size);
+    let opcode = if plan.text {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
     let mut w = Worker {
         plan: &plan,
         ctl: &ctl,
@@ -125,12 +130,8 @@ pub fn run(
             interval: new_histogram(),
             rng: rand::rngs::StdRng::from_entropy(),
             now: now_ns(),
+            frames: FrameBatch::new(opcode, &payload),
             payload,
-            opcode: if plan.text {
-                OpCode::Text
-            } else {
-                OpCode::Binary
-            },
             publishers: plan.publishers as u32,
             max_message: plan.max_message,
             nodelay: matches!(

@@ -13,6 +13,11 @@
 //! publisher that falls behind does not hide the delay (coordinated omission). The clock is
 //! `CLOCK_MONOTONIC`, one clock for every process on the machine.
 
+use rand::RngCore;
+use starling::proto::frame::encode_header;
+use starling::proto::mask::apply_mask;
+use starling::proto::{OpCode, MAX_HEADER_LEN};
+
 use crate::plan::STAMP_LEN;
 
 const MAGIC: [u8; 4] = *b"SLG1";
@@ -20,6 +25,70 @@ const MAGIC: [u8; 4] = *b"SLG1";
 /// The echo payload: `size` bytes of a fixed pattern, ASCII (valid as text too).
 pub fn echo_payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// The echo frames of a run, pre-encoded: `n` frames are one copy out of a block of
+/// unmasked frames, then a fresh key written and the payload masked in place per frame.
+///
+/// §5.3: "The masking key needs to be unpredictable", so every frame gets its own key; what
+/// is saved is the header encoding and the per-frame appends. [`encode_frame_into`] is the
+/// reference this is tested against.
+pub struct FrameBatch {
+    /// `MAX_BATCH` copies of the frame with a zero key and the payload unmasked.
+    block: Vec<u8>,
+    /// Bytes of one frame.
+    frame_len: usize,
+    /// Offset of the key in a frame (the payload follows it).
+    key_at: usize,
+}
+
+/// Frames one copy can produce; larger batches take several copies.
+const MAX_BATCH: usize = 64;
+
+impl FrameBatch {
+    /// Frames of `opcode` carrying `payload`, masked (client role).
+    pub fn new(opcode: OpCode, payload: &[u8]) -> FrameBatch {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let head_len = encode_header(&mut head, true, opcode, payload.len() as u64, Some([0; 4]));
+        let frame_len = head_len + payload.len();
+        let mut block = Vec::with_capacity(frame_len * MAX_BATCH);
+        for _ in 0..MAX_BATCH {
+            block.extend_from_slice(&head[..head_len]);
+            block.extend_from_slice(payload);
+        }
+        FrameBatch {
+            block,
+            frame_len,
+            key_at: head_len - 4,
+        }
+    }
+
+    /// Appends `n` frames to `out`, each masked with its own key from `rng`.
+    pub fn push(&self, out: &mut Vec<u8>, n: usize, rng: &mut impl RngCore) {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(MAX_BATCH);
+            let start = out.len();
+            out.extend_from_slice(&self.block[..k * self.frame_len]);
+            for frame in out[start..].chunks_exact_mut(self.frame_len) {
+                let key = rng.next_u32().to_ne_bytes();
+                let (head, payload) = frame.split_at_mut(self.key_at + 4);
+                head[self.key_at..].copy_from_slice(&key);
+                apply_mask(payload, key, 0);
+            }
+            left -= k;
+        }
+    }
+}
+
+/// `a == b`, without a libc call for the short payloads echo compares per message.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails = ca.remainder() == cb.remainder();
+    tails && ca.zip(cb).all(|(x, y)| x == y)
 }
 
 /// One fanout message's identity and timing.
@@ -162,6 +231,41 @@ mod tests {
         assert_eq!(t.arrive(199), Arrival::Late);
         let mut first = SeqTrack::default();
         assert_eq!(first.arrive(5), Arrival::Gap(5));
+    }
+
+    #[test]
+    fn batch_frames_match_the_codec_frame_by_frame() {
+        use rand::SeedableRng;
+        use starling::proto::frame::encode_frame_into;
+        for size in [0usize, 1, 7, 32, 125, 126, 1000, 70_000] {
+            let payload = echo_payload(size);
+            let batch = FrameBatch::new(OpCode::Binary, &payload);
+            for n in [1usize, 3, 64, 65, 130] {
+                let mut fast = vec![9u8; 3];
+                batch.push(&mut fast, n, &mut rand::rngs::StdRng::seed_from_u64(7));
+                let mut slow = vec![9u8; 3];
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                for _ in 0..n {
+                    let key = rng.next_u32().to_ne_bytes();
+                    encode_frame_into(&mut slow, OpCode::Binary, &payload, Some(key));
+                }
+                assert!(fast == slow, "size {size} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_is_equality() {
+        let a = echo_payload(40);
+        for len in 0..40 {
+            assert!(same(&a[..len], &a[..len]));
+            for i in 0..len {
+                let mut b = a[..len].to_vec();
+                b[i] ^= 1;
+                assert!(!same(&a[..len], &b));
+            }
+            assert!(!same(&a[..len], &a[..len + 1]));
+        }
     }
 
     #[test]
