@@ -149,6 +149,23 @@ impl Density {
     }
 }
 
+/// One CPU's tick counters from /proc/stat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreTicks {
+    /// CPU number.
+    pub cpu: usize,
+    /// user + nice.
+    pub user: u64,
+    /// system.
+    pub system: u64,
+    /// irq + softirq: on loopback, much of the network stack.
+    pub irq: u64,
+    /// Everything but idle and iowait.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
 /// CPU counters at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct CpuSnapshot {
@@ -156,8 +173,10 @@ pub struct CpuSnapshot {
     pub user_s: f64,
     /// System seconds.
     pub system_s: f64,
-    /// Per CPU we may run on: (cpu, busy ticks, total ticks) from /proc/stat.
-    pub cores: Vec<(usize, u64, u64)>,
+    /// Every CPU's ticks.
+    pub cores: Vec<CoreTicks>,
+    /// CPUs this process may run on.
+    pub ours: Vec<usize>,
     /// The server's user + system seconds, if a pid was given and readable.
     pub server_s: Option<f64>,
     /// When (CLOCK_MONOTONIC ns).
@@ -173,39 +192,44 @@ pub struct CpuUse {
     pub user_s: f64,
     /// Our system CPU seconds.
     pub system_s: f64,
-    /// Our CPU seconds per wall second (1.0 = one core fully busy).
+    /// Our CPU seconds per wall second (1.0 = one core fully busy). Softirq work done on our
+    /// behalf is not in it when the kernel accounts IRQ time separately: see `cores`.
     pub busy_cores: f64,
-    /// Busy fraction of each core we may run on (all processes, softirq included: on
-    /// loopback much of the network stack runs on the sender's core).
+    /// Every core of the machine, all processes: on loopback much of the network stack
+    /// runs as softirq on the core that sends, so this is where a saturated client shows.
     pub cores: Vec<CoreBusy>,
     /// The server's CPU seconds per wall second.
     pub server_busy_cores: Option<f64>,
 }
 
-/// One core's busy fraction.
+/// One core's use, as fractions of its time.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CoreBusy {
     /// CPU number.
     pub cpu: usize,
-    /// 0..1.
+    /// This process may run there.
+    pub ours: bool,
+    /// Not idle.
     pub busy: f64,
+    /// User (and nice).
+    pub user: f64,
+    /// System.
+    pub system: f64,
+    /// IRQ and softirq.
+    pub irq: f64,
 }
 
 impl CpuSnapshot {
-    /// Reads our rusage, /proc/stat for our cores, and the server's times.
+    /// Reads our rusage, /proc/stat, and the server's times.
     pub fn read(server_pid: Option<u32>) -> CpuSnapshot {
         let (user_s, system_s) = rusage_self();
-        let allowed = allowed_cpus();
-        let cores = read("/proc/stat")
-            .map(|s| parse_proc_stat(&s))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(cpu, _, _)| allowed.contains(cpu))
-            .collect();
         CpuSnapshot {
             user_s,
             system_s,
-            cores,
+            cores: read("/proc/stat")
+                .map(|s| parse_proc_stat(&s))
+                .unwrap_or_default(),
+            ours: allowed_cpus(),
             server_s: server_pid.and_then(|p| {
                 read(&format!("/proc/{p}/stat")).and_then(|s| parse_pid_stat_seconds(&s))
             }),
@@ -227,12 +251,17 @@ impl CpuSnapshot {
             cores: later
                 .cores
                 .iter()
-                .filter_map(|&(cpu, busy, total)| {
-                    let (_, b0, t0) = self.cores.iter().find(|c| c.0 == cpu)?;
-                    let dt = total.saturating_sub(*t0).max(1);
+                .filter_map(|b| {
+                    let a = self.cores.iter().find(|c| c.cpu == b.cpu)?;
+                    let dt = b.total.saturating_sub(a.total).max(1) as f64;
+                    let f = |x: u64, y: u64| x.saturating_sub(y) as f64 / dt;
                     Some(CoreBusy {
-                        cpu,
-                        busy: busy.saturating_sub(*b0) as f64 / dt as f64,
+                        cpu: b.cpu,
+                        ours: later.ours.contains(&b.cpu),
+                        busy: f(b.busy, a.busy),
+                        user: f(b.user, a.user),
+                        system: f(b.system, a.system),
+                        irq: f(b.irq, a.irq),
                     })
                 })
                 .collect(),
@@ -315,20 +344,26 @@ fn parse_slabinfo(s: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// /proc/stat -> (cpu, busy ticks, total ticks) per `cpuN` line. Busy excludes idle and
-/// iowait.
-fn parse_proc_stat(s: &str) -> Vec<(usize, u64, u64)> {
+/// /proc/stat -> the ticks of each `cpuN` line (user nice system idle iowait irq softirq
+/// steal ...). Busy excludes idle and iowait.
+fn parse_proc_stat(s: &str) -> Vec<CoreTicks> {
     s.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
             let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
-            if v.len() < 5 {
+            if v.len() < 7 {
                 return None;
             }
             let total: u64 = v.iter().sum();
-            let idle = v[3] + v[4];
-            Some((cpu, total - idle, total))
+            Some(CoreTicks {
+                cpu,
+                user: v[0] + v[1],
+                system: v[2],
+                irq: v[5] + v[6],
+                busy: total - v[3] - v[4],
+                total,
+            })
         })
         .collect()
 }
@@ -364,8 +399,16 @@ mod tests {
         let m = parse_slabinfo(slab);
         assert_eq!(m["TCP"], 24320);
         assert_eq!(m["filp"], 25600);
-        let stat = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 70 10 0 0 0 0 0\nintr 5\n";
-        assert_eq!(parse_proc_stat(stat), vec![(0, 20, 100)]);
+        let stat = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 60 10 4 6 0 0 0\nintr 5\n";
+        let want = CoreTicks {
+            cpu: 0,
+            user: 10,
+            system: 10,
+            irq: 10,
+            busy: 30,
+            total: 100,
+        };
+        assert_eq!(parse_proc_stat(stat), vec![want]);
         let pid = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 300 200 0 0";
         assert_eq!(parse_pid_stat_seconds(pid), Some(500.0 / clock_ticks()));
     }

@@ -523,21 +523,37 @@ impl Report {
                 f(d.kernel_slab_bytes_per_conn)
             );
         }
-        let m = &self.cpu.measure;
+        // connect's work is the ramp; the other scenarios' is the measured phase.
+        let (m, phase) = if self.scenario == Scenario::Connect {
+            (&self.cpu.ramp, "ramp")
+        } else {
+            (&self.cpu.measure, "measure")
+        };
         let cores: Vec<String> = m
             .cores
             .iter()
-            .map(|c| format!("cpu{} {:.0}%", c.cpu, c.busy * 100.0))
+            .map(|c| {
+                format!(
+                    "cpu{}{} {:.0}% (user {:.0}, sys {:.0}, irq {:.0})",
+                    c.cpu,
+                    if c.ours { "*" } else { "" },
+                    c.busy * 100.0,
+                    c.user * 100.0,
+                    c.system * 100.0,
+                    c.irq * 100.0
+                )
+            })
             .collect();
         let _ = writeln!(
             w,
-            "  cpu          loadgen {:.2} cores (user {:.2} s, sys {:.2} s); cores busy: {}{}",
+            "  cpu ({})  loadgen {:.2} cores (user {:.2} s, sys {:.2} s){}; cores (* = ours): {}",
+            phase,
             m.busy_cores,
             m.user_s,
             m.system_s,
-            cores.join(", "),
             m.server_busy_cores
-                .map_or(String::new(), |s| format!("; server {s:.2} cores"))
+                .map_or(String::new(), |s| format!(", server {s:.2} cores")),
+            cores.join(", ")
         );
         let _ = writeln!(
             w,
