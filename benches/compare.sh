@@ -8,6 +8,13 @@
 #           messages in flight on each of --connections connections.
 #   fanout  the server runs --app broadcast; starling-loadgen fanout holds
 #           --connections subscribers while --publishers send at --rate.
+# Servers: starling (--shards 1), tokio-tungstenite, fastwebsockets (--writes
+# direct: one write per frame, as the crate's examples do), fastwebsockets-buffered
+# (--writes buffered: frames batched behind a BufWriter), node-ws. See
+# benches/peers/README.md for what each is and why fastwebsockets appears twice.
+# The summary gives each server's figures and the ratio starling/peer: Starling's
+# figure divided by that server's (throughput: above 1 = Starling higher;
+# latency: above 1 = Starling slower, below 1 = Starling faster).
 # Raw JSON, logs, a summary and a README (machine, kernel, commands) go to
 # benches/results/<date>-<hostname>/.
 #
@@ -19,7 +26,8 @@
 #   DURATION [10s]  ECHO_DURATION, FANOUT_DURATION [$DURATION]
 #   ECHO_CONNS [64]  ECHO_DEPTH [64]  ECHO_SIZE [32]
 #   FANOUT_CONNS [10000]  FANOUT_PUBLISHERS [1]  FANOUT_RATE [1000/s]  FANOUT_SIZE [64]
-#   SERVERS ["starling tokio-tungstenite fastwebsockets node-ws"]  SCENARIOS ["echo fanout"]
+#   SERVERS ["starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws"]
+#   SCENARIOS ["echo fanout"]
 #   SERVER_CPU [1]  LOAD_CPU [0]  PORT_BASE [9101]  COOLDOWN [2] seconds between runs
 #   LOAD_GRACE [120] seconds a load run may take beyond its duration (ramp-up, drain)
 #   SKIP_BUILD [0]  RESULTS_DIR [benches/results/<date>-<hostname>]
@@ -41,7 +49,8 @@ FANOUT_CONNS=${FANOUT_CONNS:-10000}
 FANOUT_PUBLISHERS=${FANOUT_PUBLISHERS:-1}
 FANOUT_RATE=${FANOUT_RATE:-1000/s}
 FANOUT_SIZE=${FANOUT_SIZE:-64}
-SERVERS=${SERVERS:-starling tokio-tungstenite fastwebsockets node-ws}
+KNOWN_SERVERS="starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws"
+SERVERS=${SERVERS:-$KNOWN_SERVERS}
 SCENARIOS=${SCENARIOS:-echo fanout}
 SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -101,8 +110,16 @@ server_cmd() {
 	local name=$1 app=$2 port=$3
 	case $name in
 	starling) printf '%s\n' "$STARLING" serve --listen "127.0.0.1:$port" --app "$app" --shards 1 ;;
-	tokio-tungstenite | fastwebsockets)
-		printf '%s\n' "$PEERS/target/release/peer-$name" --listen "127.0.0.1:$port" --app "$app"
+	tokio-tungstenite)
+		printf '%s\n' "$PEERS/target/release/peer-tokio-tungstenite" --listen "127.0.0.1:$port" --app "$app"
+		;;
+	fastwebsockets | fastwebsockets-buffered)
+		# One binary, two write modes; the mode is always spelled out so the
+		# commands in the results README say which one ran.
+		local writes=direct
+		if [[ $name == fastwebsockets-buffered ]]; then writes=buffered; fi
+		printf '%s\n' "$PEERS/target/release/peer-fastwebsockets" --listen "127.0.0.1:$port" --app "$app" \
+			--writes "$writes"
 		;;
 	node-ws) printf '%s\n' node "$PEERS/node/server.js" --port "$port" --app "$app" ;;
 	esac
@@ -201,10 +218,7 @@ preflight() {
 		command -v "$c" >/dev/null || die "$c not found"
 	done
 	for c in $SERVERS; do
-		case $c in
-		starling | tokio-tungstenite | fastwebsockets | node-ws) ;;
-		*) die "unknown server '$c' (known: starling tokio-tungstenite fastwebsockets node-ws)" ;;
-		esac
+		[[ " $KNOWN_SERVERS " == *" $c "* ]] || die "unknown server '$c' (known: $KNOWN_SERVERS)"
 	done
 	for c in $SCENARIOS; do
 		[[ $c == echo || $c == fanout ]] || die "unknown scenario '$c' (known: echo fanout)"
@@ -303,9 +317,9 @@ smoke() {
 			aff=$(server_affinity)
 			stop_server
 			if ((check_rc == 0)); then
-				printf 'PASS %-18s %-9s pid-threads:cpus %s\n' "$name" "$app" "$aff"
+				printf 'PASS %-23s %-9s pid-threads:cpus %s\n' "$name" "$app" "$aff"
 			else
-				fail "$(printf 'FAIL %-18s %-9s (check status %s, see %s)' "$name" "$app" "$check_rc" \
+				fail "$(printf 'FAIL %-23s %-9s (check status %s, see %s)' "$name" "$app" "$check_rc" \
 					"$OUT/smoke-$app-$name.check.log")"
 			fi
 		done
@@ -360,8 +374,10 @@ machine_readme() {
 		echo "## Results"
 		echo
 		echo "Raw load-generator output: \`<scenario>-<server>.json\`; logs beside it."
-		echo "\"vs starling\" is the server's figure divided by Starling's (throughput: below 1"
-		echo "means fewer messages than Starling; latency: above 1 means slower than Starling)."
+		echo "\`fastwebsockets\` is that crate used as its examples use it (\`--writes direct\`:"
+		echo "one write per frame); \`fastwebsockets-buffered\` is the same crate with its frames"
+		echo "batched behind a \`BufWriter\` and flushed when nothing more is ready (\`--writes"
+		echo "buffered\`). See benches/peers/README.md."
 		echo
 		cat "$OUT/summary.md"
 		if [[ -s $OUT/failures.txt ]]; then
@@ -408,7 +424,12 @@ def fmt(v):
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
-summary, lines = {}, []
+# The direction of every ratio, stated once above the tables (they are printed too).
+RATIO_NOTE = ("Ratios are starling/peer: Starling's figure divided by that server's. "
+              "Throughput (msg/s, deliveries/s): above 1 means Starling moved more. "
+              "Latency (µs): above 1 means Starling was slower, below 1 faster.")
+
+summary, lines = {"ratio": RATIO_NOTE}, [RATIO_NOTE, ""]
 for scenario in scenarios:
     cols = COLUMNS[scenario]
     base = load(scenario, "starling")
@@ -416,7 +437,7 @@ for scenario in scenarios:
     for path, label, ratio in cols:
         head.append(label)
         if ratio:
-            head.append(f"{label} vs starling")
+            head.append(f"{label} starling/peer")
     lines += [f"### {scenario}", "", "| " + " | ".join(head) + " |",
               "|" + "---|" * len(head)]
     summary[scenario] = {}
@@ -429,8 +450,8 @@ for scenario in scenarios:
             row.append(fmt(v))
             if ratio:
                 b = get(base, path)
-                r = v / b if isinstance(v, (int, float)) and isinstance(b, (int, float)) and b else None
-                figures[path + ".vs_starling"] = r
+                r = b / v if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v else None
+                figures[path + ".starling_over_peer"] = r
                 row.append("—" if r is None else f"{r:.2f}×")
         if doc is None:
             row[1] = "failed"

@@ -8,9 +8,14 @@
 echo: each client sends text and binary messages (some pipelined) and must get
 each one back, in order, with the same type; a ping among them gets its pong.
 broadcast: with all three clients open, each sends one text and one binary
-message; every client must receive all six, the sender included.
+message and a ping; every client must receive all six messages, the sender
+included, and its pong.
 Both: a ping on an idle connection gets its pong, and every client's close
 handshake is answered by the server.
+
+fastwebsockets is checked twice, once per write mode (`--writes direct`, the
+default, and `--writes buffered`), since the two share no connection code; its
+command line is checked too (the default mode, and a bad mode refused).
 
 Uses the Python `websockets` package, installed with pip when it is missing. The
 servers it starts are stopped by their own process handle, never by name.
@@ -47,7 +52,10 @@ def server_commands(with_starling):
                             "--listen", f"127.0.0.1:{port}", "--app", app]),
         ("fastwebsockets",
          lambda port, app: [os.path.join(release, "peer-fastwebsockets"),
-                            "--listen", f"127.0.0.1:{port}", "--app", app]),
+                            "--listen", f"127.0.0.1:{port}", "--app", app, "--writes", "direct"]),
+        ("fastwebsockets-buffered",
+         lambda port, app: [os.path.join(release, "peer-fastwebsockets"),
+                            "--listen", f"127.0.0.1:{port}", "--app", app, "--writes", "buffered"]),
         ("node-ws",
          lambda port, app: ["node", os.path.join(HERE, "node", "server.js"),
                             "--port", str(port), "--app", app]),
@@ -138,15 +146,19 @@ async def check_broadcast(url):
     clients = await open_clients(url)
     try:
         # Every client is open (handshake done) before anything is published.
-        sent = []
+        sent, pongs = [], []
         for i, ws in enumerate(clients):
             for m in (f"text from {i}", f"binary from {i}".encode()):
                 await ws.send(m)
                 sent.append(m)
+            # Answered by the reader while the writer may be delivering: the pong
+            # must arrive and must not be broadcast.
+            pongs.append(await ws.ping(f"ping from {i}".encode()))
         for i, ws in enumerate(clients):
             got = [await recv(ws) for _ in sent]
             if sorted(map(repr, got)) != sorted(map(repr, sent)):
                 raise AssertionError(f"client {i}: expected {sent!r} got {got!r}")
+            await asyncio.wait_for(pongs[i], RECV_TIMEOUT_S)
     finally:
         await close_all(clients)
 
@@ -154,8 +166,36 @@ async def check_broadcast(url):
 CHECKS = {"echo": check_echo, "broadcast": check_broadcast}
 
 
+def check_fastwebsockets_cli():
+    """The write mode defaults to direct, and a mode it does not know is refused."""
+    binary = os.path.join(HERE, "target", "release", "peer-fastwebsockets")
+    bad = subprocess.run([binary, "--writes", "batched"], check=False, capture_output=True,
+                         timeout=10)
+    if bad.returncode != 2:
+        raise AssertionError(f"--writes batched: exit status {bad.returncode}, expected 2")
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_ready(proc, port)
+        finally:
+            stop(proc)
+        log.seek(0)
+        banner = log.read().decode(errors="replace")
+    if "writes Direct" not in banner:
+        raise AssertionError(f"without --writes the banner says {banner.strip()!r}")
+
+
 def run_all(with_starling):
     passed = failed = 0
+    try:
+        check_fastwebsockets_cli()
+        print(f"PASS {'fastwebsockets':24} cli       (default --writes direct, bad value refused)")
+        passed += 1
+    except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as e:
+        print(f"FAIL {'fastwebsockets':24} cli       {type(e).__name__}: {e}")
+        failed += 1
     for name, command in server_commands(with_starling):
         for app, check in CHECKS.items():
             port = free_port()
@@ -166,10 +206,10 @@ def run_all(with_starling):
                 try:
                     wait_ready(proc, port)
                     asyncio.run(check(f"ws://127.0.0.1:{port}/"))
-                    print(f"PASS {name:18} {app:9} ({CLIENTS} clients)")
+                    print(f"PASS {name:24} {app:9} ({CLIENTS} clients)")
                     passed += 1
-                except Exception as e:  # report every server, not just the first failure
-                    print(f"FAIL {name:18} {app:9} {type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 -- report every server, not just the first failure
+                    print(f"FAIL {name:24} {app:9} {type(e).__name__}: {e}")
                     failed += 1
                     stop(proc)
                     log.seek(0)

@@ -47,25 +47,54 @@ pub struct Args {
     pub app: App,
 }
 
+/// A flag one peer takes on top of the shared ones: `FLAG VALUE`, where VALUE is
+/// one of `values` and the first of them is the default.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice {
+    /// The flag as typed, dashes included: `"--writes"`.
+    pub flag: &'static str,
+    /// The values it accepts; the first is used when the flag is absent.
+    pub values: &'static [&'static str],
+}
+
 /// Parses `--listen ADDR` and `--app echo|broadcast` from `std::env::args`.
 ///
 /// Prints usage and exits with status 2 on anything it does not understand, like
 /// any command-line tool; there is no network input here.
 pub fn parse_args(name: &str) -> Args {
-    match parse_from(std::env::args().skip(1)) {
-        Ok(args) => args,
+    parse_args_with(name, &[]).0
+}
+
+/// Like [`parse_args`], and also reads the peer's own `extra` flags. Returns the
+/// value chosen for each of them, in the order of `extra`.
+pub fn parse_args_with(name: &str, extra: &[Choice]) -> (Args, Vec<&'static str>) {
+    match parse_from(std::env::args().skip(1), extra) {
+        Ok(parsed) => parsed,
         Err(msg) => {
+            let mut usage = String::from("[--listen ADDR] [--app echo|broadcast]");
+            let mut defaults = format!("--listen {DEFAULT_LISTEN} --app echo");
+            for c in extra {
+                usage += &format!(" [{} {}]", c.flag, c.values.join("|"));
+                defaults += &format!(" {} {}", c.flag, c.values.first().unwrap_or(&""));
+            }
             eprintln!("{name}: {msg}");
-            eprintln!("usage: {name} [--listen ADDR] [--app echo|broadcast]");
-            eprintln!("       default: --listen {DEFAULT_LISTEN} --app echo");
+            eprintln!("usage: {name} {usage}");
+            eprintln!("       default: {defaults}");
             std::process::exit(2);
         }
     }
 }
 
-fn parse_from(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+fn parse_from(
+    mut it: impl Iterator<Item = String>,
+    extra: &[Choice],
+) -> Result<(Args, Vec<&'static str>), String> {
     let mut listen = DEFAULT_LISTEN.to_string();
     let mut app = App::Echo;
+    let mut chosen: Vec<&'static str> = extra
+        .iter()
+        .map(|c| c.values.first().copied().unwrap_or(""))
+        .collect();
     while let Some(flag) = it.next() {
         let mut value = |flag: &str| it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -78,13 +107,23 @@ fn parse_from(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
             }
             "-h" | "--help" => return Err("help".into()),
-            other => return Err(format!("unknown argument {other:?}")),
+            other => {
+                let Some(i) = extra.iter().position(|c| c.flag == other) else {
+                    return Err(format!("unknown argument {other:?}"));
+                };
+                let v = value(extra[i].flag)?;
+                chosen[i] = extra[i]
+                    .values
+                    .iter()
+                    .find(|known| **known == v)
+                    .ok_or(format!("unknown {} value {v:?}", extra[i].flag))?;
+            }
         }
     }
     let listen = listen
         .parse()
         .map_err(|e| format!("bad --listen {listen:?}: {e}"))?;
-    Ok(Args { listen, app })
+    Ok((Args { listen, app }, chosen))
 }
 
 /// Builds the one-thread runtime every peer runs on.
@@ -140,7 +179,16 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Args, String> {
-        parse_from(args.iter().map(|s| s.to_string()))
+        parse_from(args.iter().map(|s| s.to_string()), &[]).map(|(a, _)| a)
+    }
+
+    const WRITES: Choice = Choice {
+        flag: "--writes",
+        values: &["direct", "buffered"],
+    };
+
+    fn parse_extra(args: &[&str]) -> Result<(Args, Vec<&'static str>), String> {
+        parse_from(args.iter().map(|s| s.to_string()), &[WRITES])
     }
 
     #[test]
@@ -163,5 +211,27 @@ mod tests {
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
         assert!(parse(&["--port", "1"]).is_err());
+    }
+
+    #[test]
+    fn extra_flag_defaults_to_its_first_value() {
+        let (a, chosen) = parse_extra(&["--app", "broadcast"]).unwrap();
+        assert_eq!(a.app, App::Broadcast);
+        assert_eq!(chosen, ["direct"]);
+    }
+
+    #[test]
+    fn extra_flag_is_read_among_the_shared_ones() {
+        let (a, chosen) =
+            parse_extra(&["--writes", "buffered", "--listen", "127.0.0.1:1234"]).unwrap();
+        assert_eq!(a.listen.port(), 1234);
+        assert_eq!(chosen, ["buffered"]);
+    }
+
+    #[test]
+    fn extra_flag_refuses_unknown_values_and_other_peers_refuse_it() {
+        assert!(parse_extra(&["--writes", "vectored"]).is_err());
+        assert!(parse_extra(&["--writes"]).is_err());
+        assert!(parse(&["--writes", "direct"]).is_err());
     }
 }

@@ -1,21 +1,18 @@
-//! The fastwebsockets peer: hyper 1 performs the HTTP upgrade (the crate's
-//! `upgrade` feature), then echo or broadcast run on the split socket, on a
-//! one-thread runtime, inside `tokio::task::unconstrained` as the crate's own
-//! examples do.
+//! `--writes buffered`: fastwebsockets with the batching done for it.
 //!
-//! fastwebsockets writes every frame straight to its stream. Left like that, a
-//! burst of 64 pipelined echoes would cost 64 `write(2)` calls where the other
-//! servers make one, and the comparison would measure that, not the library. So
-//! the write half sits behind a `BufWriter` and is flushed when there is nothing
-//! more to write right now, the same feed-then-flush discipline the
-//! tokio-tungstenite peer gets from `forward` and its broadcast writer:
+//! fastwebsockets writes every frame straight to its stream, so a burst of 64
+//! pipelined echoes costs 64 `write(2)` calls where Starling and the
+//! tokio-tungstenite peer make one. Here the write half sits behind a
+//! `BufWriter` and is flushed when there is nothing more to write right now, the
+//! feed-then-flush discipline tokio-tungstenite's `forward` follows. It is not
+//! what the crate's examples do ([`super::direct`] is); it shows how far the
+//! library goes when its user adds this machinery.
 //!
 //! - echo: after each echoed frame the next read is polled; only when it would
 //!   block is the write half flushed, and then the read is awaited.
-//! - broadcast: one `tokio::sync::broadcast` channel for the server, a writer task
-//!   per connection that writes all it has received and flushes once the channel
-//!   is empty. Frames the library obliges us to send (pong, close reply) reach
-//!   the writer through a small per-connection channel.
+//! - broadcast: a writer task per connection writes everything already published
+//!   and flushes once the channel is empty. Frames the library obliges us to send
+//!   (pong, close reply) reach the writer through a small per-connection channel.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, ready, Future};
@@ -25,88 +22,21 @@ use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fastwebsockets::upgrade::{upgrade, UpgradeFut};
 use fastwebsockets::{
     FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead,
     WebSocketWrite,
 };
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use starling_peers::{accept, bind, parse_args, runtime, App, BROADCAST_CAPACITY};
 use tokio::io::BufWriter;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::mpsc;
 use tokio::task::unconstrained;
 
-const NAME: &str = "peer-fastwebsockets";
+use super::{into_bytes, Io, Shared};
 
-/// A message as the broadcast channel carries it: one shared payload, cloned by
-/// reference count for every member.
-type Shared = (OpCode, Bytes);
-type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<tokio::io::ReadHalf<Io>>;
 type Writer = WebSocketWrite<BufWriter<tokio::io::WriteHalf<Io>>>;
 /// Frames the echo reader owes the peer (pong, close reply), not yet written.
 type Owed = Mutex<Vec<Frame<'static>>>;
-
-fn main() {
-    let args = parse_args(NAME);
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let listener = bind(args.listen)?;
-            eprintln!("{NAME}: listening on {} app {:?}", args.listen, args.app);
-            serve(listener, args.app).await
-        })
-    });
-    if let Err(e) = result {
-        eprintln!("{NAME}: {e}");
-        std::process::exit(1);
-    }
-}
-
-async fn serve(listener: tokio::net::TcpListener, app: App) -> io::Result<()> {
-    // Created even for echo so both apps share one accept loop; unused there.
-    let (hub, _) = broadcast::channel::<Shared>(BROADCAST_CAPACITY);
-    loop {
-        let stream = accept(&listener).await;
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| on_request(req, app, hub.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-        });
-    }
-}
-
-/// Answers the upgrade request and starts the app on the upgraded socket. A
-/// request that is not a valid upgrade fails here and hyper drops the connection.
-async fn on_request(
-    mut req: Request<Incoming>,
-    app: App,
-    hub: broadcast::Sender<Shared>,
-) -> Result<Response<Empty<Bytes>>, WebSocketError> {
-    let (response, fut) = upgrade(&mut req)?;
-    tokio::spawn(unconstrained(run(fut, app, hub)));
-    Ok(response)
-}
-
-async fn run(fut: UpgradeFut, app: App, hub: broadcast::Sender<Shared>) {
-    let Ok(ws) = fut.await else {
-        return;
-    };
-    let _ = match app {
-        App::Echo => echo(ws).await,
-        App::Broadcast => member(ws, hub).await,
-    };
-}
 
 /// Splits the socket and puts the write half behind a buffer we flush ourselves.
 fn split(ws: WebSocket<Io>) -> (FragmentCollectorRead<tokio::io::ReadHalf<Io>>, Writer) {
@@ -133,7 +63,7 @@ async fn read_or_write<F: Future>(
 }
 
 /// Sends every text and binary message back to its sender until the connection ends.
-async fn echo(ws: WebSocket<Io>) -> Result<(), WebSocketError> {
+pub async fn echo(ws: WebSocket<Io>) -> Result<(), WebSocketError> {
     let (mut rx, mut tx) = split(ws);
     // Pongs and the close reply the reader owes; written by this loop, never by
     // the reader, so the write half has one owner. A Mutex rather than a RefCell
@@ -190,7 +120,10 @@ async fn pay(tx: &mut Writer, owed: &Owed) -> Result<bool, WebSocketError> {
 }
 
 /// One broadcast member: this task reads and publishes, a writer task delivers.
-async fn member(ws: WebSocket<Io>, hub: broadcast::Sender<Shared>) -> Result<(), WebSocketError> {
+pub async fn member(
+    ws: WebSocket<Io>,
+    hub: broadcast::Sender<Shared>,
+) -> Result<(), WebSocketError> {
     let (mut rx, tx) = split(ws);
     // Subscribe before the first read, so a member receives its own first message.
     let inbox = hub.subscribe();
@@ -266,13 +199,4 @@ async fn write_shared(
 ) -> Result<(), WebSocketError> {
     let frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
     tx.write_frame(frame).await
-}
-
-/// Takes the payload without copying when the library handed us owned bytes.
-fn into_bytes(payload: Payload<'_>) -> Bytes {
-    match payload {
-        Payload::Bytes(b) => b.freeze(),
-        Payload::Owned(v) => Bytes::from(v),
-        other => Bytes::copy_from_slice(&other),
-    }
 }
