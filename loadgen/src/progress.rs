@@ -117,6 +117,8 @@ pub struct Monitor {
     pub samples: Vec<Sample>,
     /// Phase shown and recorded.
     pub phase: &'static str,
+    /// When the line was last redrawn.
+    drawn_ns: u64,
 }
 
 impl Monitor {
@@ -137,6 +139,7 @@ impl Monitor {
             last: (start_ns, Snapshot::default()),
             samples: Vec::new(),
             phase: "ramp",
+            drawn_ns: 0,
         }
     }
 
@@ -148,8 +151,10 @@ impl Monitor {
     /// Looks at the totals now; closes a timeline second when one has passed.
     pub fn observe(&mut self, now: u64, s: Snapshot) {
         let (t0, prev) = self.last;
-        let p99 = self.hist.value_at_quantile(0.99) as f64 / 1000.0;
-        if let Some(bar) = &self.bar {
+        let p99 = || self.hist.value_at_quantile(0.99) as f64 / 1000.0;
+        let redraw = now.saturating_sub(self.drawn_ns) >= 250_000_000;
+        if let (Some(bar), true) = (&self.bar, redraw) {
+            self.drawn_ns = now;
             let dt = (now.saturating_sub(t0)).max(1) as f64 / 1e9;
             let rx = s.received.saturating_sub(prev.received) as f64 / dt;
             bar.set_message(format!(
@@ -160,7 +165,7 @@ impl Monitor {
                 s.pending,
                 s.failures,
                 human(rx),
-                p99,
+                p99(),
                 s.errors
             ));
         }
@@ -178,7 +183,7 @@ impl Monitor {
             received_per_sec: rate(s.received, prev.received),
             errors: s.errors,
             p50_us: self.hist.value_at_quantile(0.5) as f64 / 1000.0,
-            p99_us: p99,
+            p99_us: p99(),
             latency_count: self.hist.len(),
         });
         self.hist.reset();

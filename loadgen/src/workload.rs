@@ -87,8 +87,17 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tails = ca.remainder() == cb.remainder();
-    tails && ca.zip(cb).all(|(x, y)| x == y)
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        u64::from_ne_bytes(w)
+    };
+    let tails = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .all(|(x, y)| x == y);
+    tails && ca.zip(cb).all(|(x, y)| word(x) == word(y))
 }
 
 /// One fanout message's identity and timing.
