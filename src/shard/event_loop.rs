@@ -3,13 +3,15 @@
 //! 1. **poll** with a timeout from the timer wheel (0 when reads or deliveries are pending);
 //! 2. **accept** until `WouldBlock` (edge-triggered readiness will not repeat);
 //! 3. **I/O**: read every readable connection (up to a per-pass budget, so one busy peer
-//!    cannot starve the rest), parse frames in the shard's one read buffer, queue replies;
-//!    writable connections are only marked dirty;
+//!    cannot starve the rest), parse frames in the shard's one read buffer, queue replies and
+//!    write them right after that connection's reads (one `writev`), so the peer works on
+//!    them while we read the next socket; writable connections are only marked dirty;
 //! 4. **inbox**: commands from other threads (broadcasts, drain), after clearing the wake flag;
 //! 5. **timers**: handshake, heartbeat, pong, close deadlines that are due;
 //! 6. **flush**: the pass's broadcast frames, concatenated once, go to every open connection
-//!    (directly with one `write` when its queue is empty), then every dirty connection's queue
-//!    goes out in one `writev`. Nothing queued in a pass waits for the next one.
+//!    (directly with one `write` when its queue is empty), then every connection still dirty
+//!    (timers, inbox, writable events) goes out in one `writev`. Nothing queued in a pass
+//!    waits for the next one.
 //!
 //! Events whose token names a connection that is gone (slot free or generation different) are
 //! ignored: mio may report readiness for a socket we already closed in the same pass.
@@ -206,6 +208,9 @@ impl Shard {
                 let to_end = ev.is_read_closed() || ev.is_error();
                 if ev.is_readable() || to_end {
                     self.on_readable(idx, reads_allowed, to_end);
+                    // Replies go out now, overlapping the peer's work with ours; a connection
+                    // is read once per pass, so this is still one write per pass.
+                    self.flush_one(idx);
                 }
             }
             self.forward_outgoing();
@@ -596,33 +601,43 @@ impl Shard {
     }
 
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
         for &idx in &dirty {
-            let Some(c) = self.conns.get_mut(idx) else {
-                continue;
-            };
-            c.flags &= !flags::DIRTY;
-            match c.queue.flush(&mut c.stream, &mut self.pool) {
-                Ok(f) => {
-                    self.counters.bytes_out += f.bytes as u64;
-                    self.counters.write_calls += f.calls as u64;
-                }
-                Err(e) => {
-                    let r = io_reason(&e);
-                    self.remove(idx, r);
-                    continue;
-                }
-            }
-            if c.queue.is_empty() && c.phase == Phase::Flushing {
-                // Our last bytes are out: shut our side and read until the peer's EOF.
-                let _ = c.stream.shutdown(std::net::Shutdown::Write);
-                c.phase = Phase::Lingering;
-            }
+            self.flush_one(idx);
         }
-        let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+    }
+
+    /// Writes everything queued for one connection (one `writev` unless the socket fills),
+    /// if it is marked dirty. Called right after a connection's reads, so a reply leaves while
+    /// the shard moves on to the next socket, and again for whatever is left at the end of the
+    /// pass.
+    pub(super) fn flush_one(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if !c.has(flags::DIRTY) {
+            return;
+        }
+        c.flags &= !flags::DIRTY;
+        match c.queue.flush(&mut c.stream, &mut self.pool) {
+            Ok(f) => {
+                self.counters.bytes_out += f.bytes as u64;
+                self.counters.write_calls += f.calls as u64;
+            }
+            Err(e) => {
+                let r = io_reason(&e);
+                self.remove(idx, r);
+                return;
+            }
+        }
+        if c.queue.is_empty() && c.phase == Phase::Flushing {
+            // Our last bytes are out: shut our side and read until the peer's EOF.
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            c.phase = Phase::Lingering;
         }
     }
 }
