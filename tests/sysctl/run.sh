@@ -189,7 +189,7 @@ assert_contains "low tree: port range fix for 50000 ports" "$OUT" 'net.ipv4.ip_l
 assert_contains "low tree: tcp_mem need in pages" "$OUT" "max >= 2000000 pages (7.6 GiB)"
 assert_contains "low tree: per-socket estimate from slabinfo" "$OUT" \
     "~4812 B (/proc/slabinfo: TCP 2368 + sock_inode_cache 832 + filp 192 + dentry 192 + eventpoll_epi 128 + 1100 other"
-assert_contains "low tree: user-space line" "$OUT" "engine user-space bytes/connection: see README figures"
+assert_contains "low tree: user-space line" "$OUT" "engine user-space bytes/connection: ~165 B measured"
 assert_contains "low tree: verdict" "$OUT" "result: LOW"
 
 run_check "$LOW" --connections 1000000 --sources 20 --json
