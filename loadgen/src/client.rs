@@ -617,3 +617,32 @@ impl Conn {
         self.close_ns = io.now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_histogram;
+
+    #[test]
+    fn fifo_records_each_reply_against_its_batch() {
+        let mut f = Fifo::default();
+        let mut h = new_histogram();
+        f.push(1_000, 2);
+        f.push(1_000, 1); // same send time: joins the batch
+        f.push(5_000, 2);
+        f.push(6_000, 0); // nothing sent: no entry
+        assert_eq!(f.len, 5);
+        for _ in 0..4 {
+            assert!(f.take(11_000, &mut h));
+        }
+        f.settle(11_000, &mut h);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.count_at(10_000), 3);
+        assert_eq!(h.count_at(6_000), 1);
+        assert!(f.take(12_000, &mut h));
+        assert!(!f.take(12_000, &mut h), "nothing left in flight");
+        f.settle(12_000, &mut h);
+        assert_eq!((h.len(), f.len), (5, 0));
+        assert_eq!(h.count_at(7_000), 1);
+    }
+}
