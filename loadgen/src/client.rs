@@ -13,7 +13,6 @@
 //! readiness event costs one `read` and at most one `write`, and an idle connection holds no
 //! buffer at all.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -27,6 +26,7 @@ use starling::proto::frame::encode_frame_into;
 use starling::proto::handshake::{self, HandshakeError};
 use starling::proto::{CloseCode, Decoder, Event, Flow, OpCode, Role};
 
+use crate::inflight::Fifo;
 use crate::stats::{record, Stats};
 use crate::workload::{read_stamp, same, Arrival, SeqTrack};
 
@@ -106,59 +106,6 @@ pub enum Outcome {
     Keep,
     /// Remove and close it (its fate is already counted).
     Drop,
-}
-
-/// Message send times in flight, oldest first, run-length encoded: one entry per batch
-/// written together, so a closed loop of depth 64 costs one entry per write, not 64.
-#[derive(Debug, Default)]
-pub struct Fifo {
-    q: VecDeque<(u64, u32)>,
-    /// Messages taken since the last record: (send time, count).
-    run: (u64, u64),
-    /// Messages in flight.
-    pub len: u64,
-}
-
-impl Fifo {
-    /// `n` messages sent (or intended) at `t`.
-    pub fn push(&mut self, t: u64, n: u32) {
-        if n == 0 {
-            return;
-        }
-        self.len += u64::from(n);
-        match self.q.back_mut() {
-            Some(back) if back.0 == t => back.1 += n,
-            _ => self.q.push_back((t, n)),
-        }
-    }
-
-    /// One reply arrived at `now`; `false` if none was in flight.
-    pub fn take(&mut self, now: u64, h: &mut Histogram<u64>) -> bool {
-        let Some(front) = self.q.front_mut() else {
-            return false;
-        };
-        let t = front.0;
-        front.1 -= 1;
-        if front.1 == 0 {
-            self.q.pop_front();
-        }
-        self.len -= 1;
-        if self.run.1 > 0 && self.run.0 != t {
-            record(h, now.saturating_sub(self.run.0), self.run.1);
-            self.run.1 = 0;
-        }
-        self.run.0 = t;
-        self.run.1 += 1;
-        true
-    }
-
-    /// Records the replies taken so far (one histogram update per batch).
-    pub fn settle(&mut self, now: u64, h: &mut Histogram<u64>) {
-        if self.run.1 > 0 {
-            record(h, now.saturating_sub(self.run.0), self.run.1);
-            self.run.1 = 0;
-        }
-    }
 }
 
 /// One connection.
@@ -615,34 +562,5 @@ impl Conn {
         );
         self.state = State::Closing;
         self.close_ns = io.now;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::new_histogram;
-
-    #[test]
-    fn fifo_records_each_reply_against_its_batch() {
-        let mut f = Fifo::default();
-        let mut h = new_histogram();
-        f.push(1_000, 2);
-        f.push(1_000, 1); // same send time: joins the batch
-        f.push(5_000, 2);
-        f.push(6_000, 0); // nothing sent: no entry
-        assert_eq!(f.len, 5);
-        for _ in 0..4 {
-            assert!(f.take(11_000, &mut h));
-        }
-        f.settle(11_000, &mut h);
-        assert_eq!(h.len(), 4);
-        assert_eq!(h.count_at(10_000), 3);
-        assert_eq!(h.count_at(6_000), 1);
-        assert!(f.take(12_000, &mut h));
-        assert!(!f.take(12_000, &mut h), "nothing left in flight");
-        f.settle(12_000, &mut h);
-        assert_eq!((h.len(), f.len), (5, 0));
-        assert_eq!(h.count_at(7_000), 1);
     }
 }

@@ -22,26 +22,28 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token, Waker};
-use rand::{Rng, SeedableRng};
+use mio::{Events, Poll, Token, Waker};
+use rand::SeedableRng;
 use slab::Slab;
 use starling::proto::handshake;
 use starling::proto::OpCode;
 
 use crate::cli::Scenario;
 use crate::client::{Conn, Io, Outcome, Part, State};
-use crate::clock::{now_ns, ns};
+use crate::clock::now_ns;
 use crate::control::{Control, Phase};
 use crate::plan::Plan;
 use crate::stats::{new_histogram, Stats};
 use crate::workload::{echo_payload, FrameBatch};
 
+mod schedule;
+
+use schedule::take_budget;
+
 /// The token of the thread's waker; connection tokens are slab keys, far below it.
 const WAKER: Token = Token(usize::MAX);
 /// Read buffer per thread.
 const READ_BUF: usize = 64 * 1024;
-/// Connections started per pass at most, so a fast ramp still services the ones opened.
-const OPENS_PER_PASS: usize = 256;
 /// Messages one rate-driven sender catches up at most per pass.
 const CATCH_UP: u32 = 1024;
 /// Messages an unpaced (`--rate` not given) publisher queues per pass.
@@ -308,250 +310,6 @@ impl Worker<'_> {
         }
     }
 
-    /// How many main connections this thread should have started by now (cap, not pace).
-    fn open_target(&self) -> u64 {
-        let s = self.plan.scenario;
-        match (s, self.phase) {
-            (Scenario::Connect | Scenario::Echo | Scenario::Fanout, Phase::Ramp) => {
-                self.spec.conns.1
-            }
-            (Scenario::Capacity, Phase::Measure) => {
-                let total = self.ctl.capacity_conns.load(Relaxed);
-                let threads = self.ctl.gauges.len() as u64;
-                crate::addr::share(total, threads, self.spec.index as u64).1
-            }
-            (Scenario::Churn, Phase::Measure) => self.spec.count.unwrap_or(u64::MAX),
-            _ => 0,
-        }
-    }
-
-    fn open_due(&mut self, now: u64) {
-        let target = self.open_target();
-        for _ in 0..OPENS_PER_PASS {
-            if self.phase == Phase::Ramp && self.pubs_opened < self.spec.pubs.1 {
-                let id = self.spec.pubs.0 + self.pubs_opened;
-                self.pubs_opened += 1;
-                // Publishers take global indices after every subscriber's.
-                self.open(self.plan.connections + id, Part::Publisher(id as u32), now);
-                continue;
-            }
-            if self.opened >= target {
-                break;
-            }
-            if self.opens_capped() {
-                break;
-            }
-            let intended = match self.spec.open_rate {
-                Some(rate) => {
-                    let k = (self.opened - self.pace_base) as f64;
-                    let due = self.pace_start + (k * 1e9 / rate) as u64;
-                    if due > now {
-                        break;
-                    }
-                    due
-                }
-                None => now,
-            };
-            let part = match self.plan.scenario {
-                Scenario::Connect | Scenario::Churn => Part::Hold,
-                Scenario::Echo | Scenario::Capacity => Part::Echo,
-                Scenario::Fanout => Part::Subscriber,
-            };
-            let global = self.spec.conns.0 + self.opened;
-            self.opened += 1;
-            self.open(global, part, intended);
-        }
-        if self.phase == Phase::Ramp
-            && self.opened >= self.open_target()
-            && self.pubs_opened >= self.spec.pubs.1
-            && self.pending == 0
-        {
-            self.gauge().ramp_done.store(true, Relaxed);
-        }
-    }
-
-    /// Whether the in-flight cap holds further opens back: handshakes in flight against
-    /// `--concurrency`, or (churn) cycles in flight against `--connections`.
-    fn opens_capped(&self) -> bool {
-        if self.plan.scenario == Scenario::Churn {
-            self.conns.len() as u64 >= self.spec.conns.1
-        } else {
-            self.pending >= self.spec.concurrency
-        }
-    }
-
-    fn open(&mut self, global: u64, part: Part, intended: u64) {
-        let now = now_ns();
-        self.io.now = now;
-        self.io.stats.c.connect_attempts += 1;
-        let (source, target) = self.plan.endpoints.pair_index(global);
-        let addr = self.plan.endpoints.targets[target];
-        let mut stream = match Conn::connect(source, addr, self.io.nodelay) {
-            Ok(s) => s,
-            Err(e) => {
-                self.io.stats.failures.count_io(&e);
-                return;
-            }
-        };
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), interest)
-        {
-            self.io.stats.failures.count_io(&e);
-            return;
-        }
-        let mut conn = Conn::new(stream, part, global, target, &mut self.io);
-        conn.intended_ns = intended;
-        self.pending += 1;
-        self.handshake_q
-            .push_back((now + ns(self.plan.timeout), key, global));
-        // On loopback the connection is usually established before connect() returns, so
-        // try the request now instead of waiting a poll round for writability.
-        let req = &self.req;
-        let outcome = conn.send_request(&mut self.io, |out, k| write_request(req, target, out, k));
-        entry.insert(conn);
-        if outcome == Outcome::Drop {
-            self.remove(key);
-        }
-    }
-
-    /// Starts a connection's traffic at the beginning of the measured phase (or when it
-    /// opens during it).
-    fn start_sending(&mut self, key: usize, now: u64) {
-        let paced = self.send_interval();
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.state != State::Open {
-            return;
-        }
-        match (c.part, self.plan.scenario) {
-            (Part::Echo, Scenario::Echo) if self.spec.send_interval_ns.is_none() => {
-                let n = take_budget(&mut self.budget, u64::from(self.plan.depth));
-                c.queue_echo(&mut self.io, n as u32, now);
-                if c.flush(&mut self.io) == Outcome::Drop {
-                    self.remove(key);
-                }
-            }
-            (Part::Echo, _) | (Part::Publisher(_), _) => {
-                let Some(interval) = paced else {
-                    if matches!(c.part, Part::Publisher(_)) {
-                        self.publishers.push(key);
-                    }
-                    return;
-                };
-                // Spread the first sends over one interval so connections do not all fire
-                // in the same millisecond.
-                c.next_ns = now + self.io.rng.gen_range(0..interval.max(1));
-                self.sends.push(Reverse((c.next_ns, key, c.global)));
-            }
-            _ => {}
-        }
-    }
-
-    /// The per-sender interval of rate-driven sending, if paced.
-    fn send_interval(&self) -> Option<u64> {
-        if self.plan.scenario == Scenario::Capacity {
-            let milli = self.ctl.capacity_rate_milli.load(Relaxed).max(1);
-            return Some(1_000_000_000_000 / milli);
-        }
-        self.spec.send_interval_ns
-    }
-
-    /// Sends rate-driven messages that are due; returns whether unpaced publishers wrote.
-    fn send_due(&mut self, now: u64) -> bool {
-        if self.phase != Phase::Measure {
-            return false;
-        }
-        while let Some(&Reverse((due, key, global))) = self.sends.peek() {
-            if due > now {
-                break;
-            }
-            self.sends.pop();
-            let Some(interval) = self.send_interval() else {
-                break;
-            };
-            let Some(c) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if c.global != global || c.state != State::Open {
-                continue;
-            }
-            let mut n = 0;
-            while c.next_ns <= now && n < CATCH_UP && take_budget(&mut self.budget, 1) == 1 {
-                match c.part {
-                    Part::Publisher(id) => c.queue_publish(&mut self.io, id, c.next_ns),
-                    _ => c.queue_echo(&mut self.io, 1, c.next_ns),
-                }
-                c.next_ns += interval;
-                n += 1;
-            }
-            let next = c.next_ns;
-            if c.flush(&mut self.io) == Outcome::Drop {
-                self.remove(key);
-                continue;
-            }
-            if self.budget != Some(0) {
-                self.sends.push(Reverse((next, key, global)));
-            }
-        }
-        let mut wrote = false;
-        for i in 0..self.publishers.len() {
-            let key = self.publishers[i];
-            let Some(c) = self.conns.get_mut(key) else {
-                continue;
-            };
-            let Part::Publisher(id) = c.part else {
-                continue;
-            };
-            if c.state != State::Open || c.backlog() > 0 {
-                continue;
-            }
-            let n = take_budget(&mut self.budget, u64::from(ASAP_BATCH));
-            for _ in 0..n {
-                c.queue_publish(&mut self.io, id, now);
-            }
-            wrote |= n > 0;
-            if c.flush(&mut self.io) == Outcome::Drop {
-                self.remove(key);
-            }
-        }
-        wrote
-    }
-
-    fn expire(&mut self, now: u64) {
-        while let Some(&(deadline, key, global)) = self.handshake_q.front() {
-            if deadline > now {
-                break;
-            }
-            self.handshake_q.pop_front();
-            if let Some(c) = self.conns.get(key) {
-                if c.global == global && c.state.is_pending() {
-                    self.io.stats.failures.timeout += 1;
-                    self.remove(key);
-                }
-            }
-        }
-        while let Some(&(deadline, key, global)) = self.close_q.front() {
-            if deadline > now {
-                break;
-            }
-            self.close_q.pop_front();
-            if let Some(c) = self.conns.get(key) {
-                if c.global == global {
-                    if c.state == State::Closing {
-                        self.io.stats.c.close_timeouts += 1;
-                    }
-                    self.remove(key);
-                }
-            }
-        }
-    }
-
     /// One readiness event for connection `key`.
     fn handle(&mut self, key: usize, readable: bool, writable: bool, peer_closed: bool) {
         let Some(c) = self.conns.get_mut(key) else {
@@ -724,30 +482,6 @@ impl Worker<'_> {
         // The coordinator may be gone (Ctrl-C twice); the figures are in `stats` anyway.
         let _ = self.ticks.send(tick);
     }
-
-    /// Nanoseconds until the nearest deadline, at most [`MAX_SLEEP_NS`].
-    fn sleep_ns(&self, now: u64) -> u64 {
-        let mut at = now + MAX_SLEEP_NS;
-        if let Some(Reverse((due, _, _))) = self.sends.peek() {
-            if self.phase == Phase::Measure {
-                at = at.min(*due);
-            }
-        }
-        if let Some(rate) = self.spec.open_rate {
-            if self.opened < self.open_target() && !self.opens_capped() {
-                let k = (self.opened - self.pace_base) as f64;
-                at = at.min(self.pace_start + (k * 1e9 / rate) as u64);
-            }
-        }
-        if let Some((d, _, _)) = self.handshake_q.front() {
-            at = at.min(*d);
-        }
-        if let Some((d, _, _)) = self.close_q.front() {
-            at = at.min(*d);
-        }
-        at = at.min(self.close_deadline).min(self.next_tick);
-        at.saturating_sub(now)
-    }
 }
 
 fn write_request(req: &Request<'_>, target: usize, out: &mut Vec<u8>, key: &[u8; 24]) {
@@ -759,16 +493,4 @@ fn write_request(req: &Request<'_>, target: usize, out: &mut Vec<u8>, key: &[u8;
         &req.protocols,
         req.headers,
     );
-}
-
-/// Takes up to `want` from an optional budget; returns how many were granted.
-fn take_budget(budget: &mut Option<u64>, want: u64) -> u64 {
-    match budget {
-        None => want,
-        Some(left) => {
-            let n = want.min(*left);
-            *left -= n;
-            n
-        }
-    }
 }

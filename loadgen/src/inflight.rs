@@ -1,0 +1,94 @@
+//! Messages in flight on one connection and the latency of each reply.
+//!
+//! Echo replies come back in the order the messages were sent, so the send times form a FIFO.
+//! It is run-length encoded (one entry per batch written together: a closed loop of depth 64
+//! costs one entry per write, not 64), and replies taken from the same batch are recorded
+//! into the histogram with one `record_n`.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+
+use crate::stats::record;
+
+/// Message send times in flight, oldest first, run-length encoded: one entry per batch
+/// written together, so a closed loop of depth 64 costs one entry per write, not 64.
+#[derive(Debug, Default)]
+pub struct Fifo {
+    q: VecDeque<(u64, u32)>,
+    /// Messages taken since the last record: (send time, count).
+    run: (u64, u64),
+    /// Messages in flight.
+    pub len: u64,
+}
+
+impl Fifo {
+    /// `n` messages sent (or intended) at `t`.
+    pub fn push(&mut self, t: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.len += u64::from(n);
+        match self.q.back_mut() {
+            Some(back) if back.0 == t => back.1 += n,
+            _ => self.q.push_back((t, n)),
+        }
+    }
+
+    /// One reply arrived at `now`; `false` if none was in flight.
+    pub fn take(&mut self, now: u64, h: &mut Histogram<u64>) -> bool {
+        let Some(front) = self.q.front_mut() else {
+            return false;
+        };
+        let t = front.0;
+        front.1 -= 1;
+        if front.1 == 0 {
+            self.q.pop_front();
+        }
+        self.len -= 1;
+        if self.run.1 > 0 && self.run.0 != t {
+            record(h, now.saturating_sub(self.run.0), self.run.1);
+            self.run.1 = 0;
+        }
+        self.run.0 = t;
+        self.run.1 += 1;
+        true
+    }
+
+    /// Records the replies taken so far (one histogram update per batch).
+    pub fn settle(&mut self, now: u64, h: &mut Histogram<u64>) {
+        if self.run.1 > 0 {
+            record(h, now.saturating_sub(self.run.0), self.run.1);
+            self.run.1 = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_histogram;
+
+    #[test]
+    fn fifo_records_each_reply_against_its_batch() {
+        let mut f = Fifo::default();
+        let mut h = new_histogram();
+        f.push(1_000, 2);
+        f.push(1_000, 1); // same send time: joins the batch
+        f.push(5_000, 2);
+        f.push(6_000, 0); // nothing sent: no entry
+        assert_eq!(f.len, 5);
+        for _ in 0..4 {
+            assert!(f.take(11_000, &mut h));
+        }
+        f.settle(11_000, &mut h);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.count_at(10_000), 3);
+        assert_eq!(h.count_at(6_000), 1);
+        assert!(f.take(12_000, &mut h));
+        assert!(!f.take(12_000, &mut h), "nothing left in flight");
+        f.settle(12_000, &mut h);
+        assert_eq!((h.len(), f.len), (5, 0));
+        assert_eq!(h.count_at(7_000), 1);
+    }
+}
