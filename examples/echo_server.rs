@@ -19,7 +19,10 @@ fn main() -> std::io::Result<()> {
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let server = Server::start(config)?;
-    println!("echo server on ws://{}/ (Ctrl-C to stop)", server.local_addr());
+    println!(
+        "echo server on ws://{}/ (Ctrl-C to stop)",
+        server.local_addr()
+    );
 
     // Wait for Ctrl-C, then drain: the shards send 1001 and exit once every client is gone.
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
