@@ -95,6 +95,8 @@ pub struct Counters {
     pub accept_emfile: u64,
     /// Passes through the event loop.
     pub loop_iterations: u64,
+    /// Microseconds the shard spent working (not waiting in `poll`): its busy time.
+    pub loop_busy_us: u64,
 }
 
 impl Counters {
@@ -115,6 +117,7 @@ impl Counters {
         self.close_timeouts += o.close_timeouts;
         self.accept_emfile += o.accept_emfile;
         self.loop_iterations += o.loop_iterations;
+        self.loop_busy_us += o.loop_busy_us;
     }
 
     /// Counts one ended connection (reason and removal at once).

@@ -165,7 +165,8 @@ impl Shard {
                     break;
                 }
             }
-            self.now = self.start.elapsed().as_millis() as u64;
+            let woke = Instant::now();
+            self.now = woke.duration_since(self.start).as_millis() as u64;
             self.counters.loop_iterations += 1;
 
             // 1-2. Accept first: a new connection's first bytes are often already waiting.
@@ -236,6 +237,7 @@ impl Shard {
             self.deliver_batch();
             self.flush_dirty();
 
+            self.counters.loop_busy_us += woke.elapsed().as_micros() as u64;
             if self.now >= self.next_publish {
                 self.next_publish = self.now + PUBLISH_EVERY_MS;
                 self.published.store(&self.counters);

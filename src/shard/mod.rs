@@ -96,6 +96,7 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Published>,
     local_addr: SocketAddr,
+    draining: Arc<AtomicBool>,
 }
 
 /// Pieces of one shard created on the starting thread and moved into its own.
@@ -165,6 +166,7 @@ impl Server {
             threads,
             stats,
             local_addr: addr,
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -180,6 +182,7 @@ impl Server {
 
     /// Starts a graceful drain on every shard.
     pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         for h in &self.handles {
             h.send(Command::Drain);
         }
@@ -190,6 +193,16 @@ impl Server {
         for h in &self.handles {
             h.send(Command::Shutdown);
         }
+    }
+
+    /// Set once a drain has started (for readiness checks on other threads).
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.draining)
+    }
+
+    /// Where each shard publishes its counters (for readers on other threads).
+    pub fn published(&self) -> Vec<Published> {
+        self.stats.clone()
     }
 
     /// Latest per-shard counters (published every ~250 ms and at exit).
