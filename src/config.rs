@@ -86,6 +86,14 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Listen backlog per shard listener (capped by net.core.somaxconn).
     pub backlog: i32,
+    /// Where the admin HTTP API (health, readiness, metrics, stats) listens; `None` = no API.
+    /// Its own port, so probes and scrapes never queue behind WebSocket upgrades, and loopback
+    /// so that exposing the counters is a decision (it then needs `api_key`).
+    pub api_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires on every route but `/healthz` and `/readyz`. `None`
+    /// is allowed only on a loopback `api_listen`: anyone who can reach a public port could
+    /// otherwise read the server's load and its clients' misbehaviour.
+    pub api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -110,6 +118,8 @@ impl Default for Config {
             max_connections_per_shard: 0,
             stats_interval: Duration::from_secs(10),
             backlog: 4096,
+            api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            api_key: None,
         }
     }
 }
@@ -205,6 +215,17 @@ impl Config {
         if self.max_missed_pongs == 0 {
             return bad("max_missed_pongs", "must be at least 1");
         }
+        if let Some(key) = &self.api_key {
+            // It travels in an `Authorization` header: visible ASCII, no spaces.
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad("api_key", "must be non-empty visible ASCII without spaces");
+            }
+        }
+        if let (Some(addr), None) = (self.api_listen, &self.api_key) {
+            if !addr.ip().is_loopback() {
+                return bad("api_listen", "a non-loopback address needs api_key");
+            }
+        }
         for p in &self.protocols {
             let token = !p.is_empty()
                 && p.bytes()
@@ -255,6 +276,25 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_public_api_needs_a_key() {
+        let public = Config {
+            api_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            ..Config::default()
+        };
+        assert!(public.validate().is_err());
+        let keyed = Config {
+            api_key: Some("s3cret".into()),
+            ..public.clone()
+        };
+        keyed.validate().unwrap();
+        let spaced = Config {
+            api_key: Some("two words".into()),
+            ..public
+        };
+        assert!(spaced.validate().is_err());
     }
 }
 
@@ -319,6 +359,21 @@ pub struct ServeArgs {
     /// Most connections one shard holds; 0 = limited by the open-file limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_shard: Option<usize>,
+    /// Address of the admin HTTP API (/healthz, /readyz, /metrics, /stats); a non-loopback
+    /// address needs --api-key [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_api")]
+    pub api_listen: Option<SocketAddr>,
+    /// Do not start the admin HTTP API.
+    #[arg(long)]
+    pub no_api: bool,
+    /// Bearer token the admin API requires, except on /healthz and /readyz.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "STARLING_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     /// How often counters are logged; 0 = only at exit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -354,6 +409,15 @@ impl ServeArgs {
         );
         if self.pin {
             c.pin = true;
+        }
+        if self.api_listen.is_some() {
+            c.api_listen = self.api_listen;
+        }
+        if self.no_api {
+            c.api_listen = None;
+        }
+        if self.api_key.is_some() {
+            c.api_key = self.api_key.clone();
         }
         if !self.protocols.is_empty() {
             c.protocols = self.protocols.clone();

@@ -14,6 +14,8 @@
 //! - [`metrics`]: per-shard counters (plain integers owned by the shard), published as
 //!   snapshots.
 //! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
+//! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
+//!   thread and port; it only reads what the shards publish.
 //!
 //! # Threads
 //!
@@ -44,6 +46,7 @@
 //! full). No per-recipient copy is ever made.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod proto;

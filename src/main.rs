@@ -3,10 +3,12 @@
 //! Exit codes: 0 after a clean drain, 2 for a configuration error, 1 for anything else
 //! (e.g. the address cannot be bound).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use starling::api;
 use starling::config::ServeArgs;
 use starling::shard::Server;
 
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    let started = Instant::now();
     // Handlers first: a SIGTERM that arrives while we start must still drain, not kill.
     let signals = match signal_channel() {
         Ok(rx) => rx,
@@ -59,6 +62,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     log_limits(config.shard_count(), config.max_connections_per_shard);
     let stats_every = config.stats_interval;
+    let api = (config.api_listen, config.api_key.clone());
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -66,6 +70,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let api = start_api(api, &server, started);
     let tick = if stats_every.is_zero() {
         Duration::from_millis(200)
     } else {
@@ -94,8 +99,34 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     }
     let totals = server.join();
+    if let Some(api) = api {
+        api.stop();
+    }
     tracing::info!(counters = %totals, "stopped");
     ExitCode::SUCCESS
+}
+
+/// Starts the admin API if configured. It is off the data path, so failing to bind it (say the
+/// port is taken by another instance) is logged and the WebSocket server keeps serving: losing
+/// metrics is better than refusing every client. The configuration (including "no key on a
+/// public address") was already validated.
+fn start_api(
+    (addr, key): (Option<SocketAddr>, Option<String>),
+    server: &Server,
+    started: Instant,
+) -> Option<api::ApiServer> {
+    let addr = addr?;
+    match api::start(addr, key, api::ApiView::of(server, started)) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(
+                %addr,
+                error = %e,
+                "cannot start the admin API; serving without it (see --api-listen, --no-api)"
+            );
+            None
+        }
+    }
 }
 
 /// Raises the soft open-file limit to the hard one and says how many connections that allows.

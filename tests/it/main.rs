@@ -53,3 +53,7 @@ mod interop;
 // A real browser (headless Chromium) against the server. If you're adding something browsers
 // must be able to do, it goes in here.
 mod browser;
+
+// The admin HTTP API (health, readiness, metrics, stats, API key). If you're adding a route or
+// a metric, its test probably goes in here.
+mod admin_api;
