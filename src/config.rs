@@ -20,6 +20,9 @@ pub enum App {
     /// Every message goes to every open connection on every shard (sender included), encoded
     /// once per shard.
     Broadcast,
+    /// The channel protocol (docs/PROTOCOL.md): clients subscribe to channels and publish to
+    /// them; every subscriber gets every message of a channel in one sequence, with resume.
+    Hub,
 }
 
 /// The engine's configuration. `Default` is the embedded default used by `starling serve`.
@@ -94,6 +97,15 @@ pub struct Config {
     /// is allowed only on a loopback `api_listen`: anyone who can reach a public port could
     /// otherwise read the server's load and its clients' misbehaviour.
     pub api_key: Option<String>,
+    /// Hub: messages kept per channel for resume (`since`). 100 covers a reconnect of a few
+    /// seconds on a busy channel; 0 disables history (every resume must resync).
+    pub history_size: usize,
+    /// Hub: how long a message stays resumable (0 = until pushed out by `history_size`).
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Hub: channels one connection may subscribe to. Bounds what one client can make every
+    /// shard track.
+    pub max_channels_per_connection: usize,
 }
 
 impl Default for Config {
@@ -120,6 +132,9 @@ impl Default for Config {
             backlog: 4096,
             api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             api_key: None,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            max_channels_per_connection: 128,
         }
     }
 }
@@ -211,6 +226,9 @@ impl Config {
         }
         if self.pong_timeout >= self.ping_interval {
             return bad("pong_timeout", "must be shorter than ping_interval");
+        }
+        if self.max_channels_per_connection == 0 {
+            return bad("max_channels_per_connection", "must be at least 1");
         }
         if self.max_missed_pongs == 0 {
             return bad("max_missed_pongs", "must be at least 1");
@@ -309,7 +327,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Built-in application: `echo` sends every message back to its sender; `broadcast` sends
-    /// every message to every open connection [default: echo].
+    /// every message to every open connection; `hub` speaks the channel protocol
+    /// (docs/PROTOCOL.md) [default: echo].
     #[arg(long, value_enum)]
     pub app: Option<App>,
     /// Event-loop threads, each with its own SO_REUSEPORT listener [default: one per core].
@@ -359,6 +378,15 @@ pub struct ServeArgs {
     /// Most connections one shard holds; 0 = limited by the open-file limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_shard: Option<usize>,
+    /// Hub: messages kept per channel for resume; 0 = none [default: 100].
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+    /// Hub: how long a message stays resumable; 0 = no time limit [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub history_ttl: Option<Duration>,
+    /// Hub: channels one connection may subscribe to [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_channels_per_connection: Option<usize>,
     /// Address of the admin HTTP API (/healthz, /readyz, /metrics, /stats); a non-loopback
     /// address needs --api-key [default: 127.0.0.1:8081].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_api")]
@@ -405,7 +433,10 @@ impl ServeArgs {
             drain_timeout,
             read_buffer_size,
             max_connections_per_shard,
-            stats_interval
+            stats_interval,
+            history_size,
+            history_ttl,
+            max_channels_per_connection
         );
         if self.pin {
             c.pin = true;

@@ -97,6 +97,10 @@ pub struct Counters {
     pub loop_iterations: u64,
     /// Microseconds the shard spent working (not waiting in `poll`): its busy time.
     pub loop_busy_us: u64,
+    /// Hub: channels whose state this shard owns (gauge).
+    pub hub_channels: u64,
+    /// Hub: local subscriptions, live or being set up (gauge).
+    pub hub_subscriptions: u64,
 }
 
 impl Counters {
@@ -118,6 +122,8 @@ impl Counters {
         self.accept_emfile += o.accept_emfile;
         self.loop_iterations += o.loop_iterations;
         self.loop_busy_us += o.loop_busy_us;
+        self.hub_channels += o.hub_channels;
+        self.hub_subscriptions += o.hub_subscriptions;
     }
 
     /// Counts one ended connection (reason and removal at once).

@@ -96,6 +96,10 @@ pub(crate) struct Shard {
     drain_deadline: Option<u64>,
     next_publish: u64,
     fired: Vec<usize>,
+    /// Channel-protocol state (`--app hub`).
+    pub(super) hub: super::hub::HubState,
+    /// Hub text messages read this pass, handled once the decoder lets go of the connection.
+    pub(super) hub_in: Vec<(usize, Vec<u8>)>,
 }
 
 impl Shard {
@@ -150,6 +154,8 @@ impl Shard {
             drain_deadline: None,
             next_publish: PUBLISH_EVERY_MS,
             fired: Vec::new(),
+            hub: Default::default(),
+            hub_in: Vec::new(),
         })
     }
 
@@ -227,8 +233,11 @@ impl Shard {
                     }
                     Command::Drain => self.start_drain(),
                     Command::Shutdown => exit = true,
+                    Command::Hub(c) => self.hub_command(c),
                 }
+                self.hub_drain_self();
             }
+            self.hub_drain_self();
 
             // 5. Timers.
             self.expire_timers();
@@ -240,6 +249,7 @@ impl Shard {
             self.counters.loop_busy_us += woke.elapsed().as_micros() as u64;
             if self.now >= self.next_publish {
                 self.next_publish = self.now + PUBLISH_EVERY_MS;
+                self.hub_gauges();
                 self.published.store(&self.counters);
             }
             if exit || self.drain_finished() {
@@ -273,7 +283,19 @@ impl Shard {
     }
 
     fn peers_congested(&self) -> bool {
-        self.cfg.app == App::Broadcast && self.peers.iter().any(|p| p.backlog() > PEER_BACKLOG_HIGH)
+        self.cfg.app != App::Echo && self.peers.iter().any(|p| p.backlog() > PEER_BACKLOG_HIGH)
+    }
+
+    /// Number of other shards.
+    pub(super) fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Sends a command to shard `to` (not this one).
+    pub(super) fn send_to_peer(&self, to: usize, cmd: Command) {
+        if let Some(p) = self.peers.iter().find(|p| p.id() == to) {
+            p.send(cmd);
+        }
     }
 
     fn accept_all(&mut self) {
@@ -337,6 +359,9 @@ impl Shard {
     /// `reason` is counted unless the close was already decided (and counted) earlier.
     pub(super) fn remove(&mut self, idx: usize, reason: CloseReason) {
         if let Some(c) = self.conns.try_remove(idx) {
+            if self.cfg.app == App::Hub {
+                self.hub_forget(idx);
+            }
             self.wheel.cancel(idx);
             self.partial_hs.remove(&idx);
             if !c.has(flags::COUNTED) {

@@ -12,6 +12,7 @@
 
 mod conn;
 mod event_loop;
+mod hub;
 mod listener;
 mod read;
 pub mod send_queue;
@@ -52,6 +53,8 @@ pub enum Command {
     Drain,
     /// Exit now, dropping every connection.
     Shutdown,
+    /// Channel-protocol traffic between shards (`--app hub`).
+    Hub(hub::HubCmd),
 }
 
 /// The way into a shard from any other thread.

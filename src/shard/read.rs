@@ -32,6 +32,7 @@ enum Src {
 struct After {
     close: Option<Option<(CloseCode, String)>>,
     slow: bool,
+    binary: bool,
 }
 
 impl Shard {
@@ -171,6 +172,7 @@ impl Shard {
             counters,
             outgoing,
             outgoing_msgs,
+            hub_in,
             cfg,
             now,
             ..
@@ -218,6 +220,12 @@ impl Shard {
                             }
                             counters.messages_out += 1;
                         }
+                        App::Hub if op == OpCode::Binary => {
+                            // The channel protocol is JSON text (docs/PROTOCOL.md).
+                            after.binary = true;
+                            return Flow::Stop;
+                        }
+                        App::Hub => hub_in.push((idx, p.to_vec())),
                         App::Broadcast => {
                             let mut h = [0u8; MAX_HEADER_LEN];
                             let hl = frame::encode_header(&mut h, true, op, p.len() as u64, None);
@@ -252,6 +260,9 @@ impl Shard {
         if queued {
             self.mark_dirty(idx);
         }
+        for (i, text) in std::mem::take(&mut self.hub_in) {
+            self.hub_message(i, &text);
+        }
         if let Err(e) = res {
             tracing::debug!(shard = self.id, error = %e, "protocol error");
             self.fail(idx, e.close_code(), &e.to_string(), CloseReason::Protocol);
@@ -261,6 +272,13 @@ impl Shard {
                 CloseCode::POLICY,
                 "slow consumer",
                 CloseReason::SlowConsumer,
+            );
+        } else if after.binary {
+            self.fail(
+                idx,
+                CloseCode::UNSUPPORTED,
+                "the channel protocol is JSON text",
+                CloseReason::Protocol,
             );
         } else if let Some(code) = after.close {
             self.on_peer_close(idx, code.map(|(c, _)| c));

@@ -54,6 +54,10 @@ mod interop;
 // must be able to do, it goes in here.
 mod browser;
 
+// The channel protocol (`--app hub`): ordering, resume, errors, cleanup. If you're adding
+// something about channels, subscriptions or history, it goes in here.
+mod hub;
+
 // The admin HTTP API (health, readiness, metrics, stats, API key). If you're adding a route or
 // a metric, its test probably goes in here.
 mod admin_api;

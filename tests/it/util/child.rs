@@ -68,6 +68,14 @@ impl Child {
             let listen = format!("127.0.0.1:{port}");
             let mut all = vec!["serve", "--listen", &listen];
             all.extend_from_slice(args);
+            // Parallel children would all race for the admin API's default port; only tests
+            // about the API ask for one.
+            if !args
+                .iter()
+                .any(|a| a.starts_with("--api") || *a == "--no-api")
+            {
+                all.push("--no-api");
+            }
             if let Some(c) = Child::spawn_listening(&all, port) {
                 return c;
             }

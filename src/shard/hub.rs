@@ -1,0 +1,606 @@
+//! The channel protocol inside the shards (`--app hub`, docs/PROTOCOL.md).
+//!
+//! **One ordering point per channel.** Every channel has an owner shard (a hash of its name
+//! modulo the shard count). The owner alone assigns sequence numbers, keeps the channel's
+//! history, and knows which shards have subscribers (`interested`). A publish on any shard goes
+//! to the owner; the owner numbers it, encodes the delivery frame once, stores that frame in the
+//! history, and sends the same bytes to every interested shard, which queues them on each local
+//! subscriber. So every subscriber sees one order, without gaps.
+//!
+//! **Subscribe without a gap or a duplicate.** A shard marks the connection *pending* and asks
+//! the owner. The owner sets the shard's interest bit *before* answering, computes the replay
+//! (for `since`) from its history, and answers on the same FIFO channel that carries its
+//! deliveries to that shard. Deliveries that reach the shard before the answer are not given to
+//! the pending connection (they are in the replay, or older than the subscription); everything
+//! after the answer is live. Messages between the owner and itself go through `local`, which
+//! keeps the same FIFO order.
+//!
+//! The per-shard index (channel → local subscribers, connection → channels) is plain shard
+//! state; a connection's subscriptions are dropped with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::hub::history::{History, Recovery};
+use crate::hub::wire::{self, Command as Wire, ErrorCode};
+use crate::metrics::CloseReason;
+use crate::proto::{frame, CloseCode, OpCode};
+
+use super::conn::{flags, Phase};
+use super::event_loop::Shard;
+use super::send_queue::SendStatus;
+use super::Command;
+
+/// A connection on some shard: (shard, slab index, generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnAddr {
+    /// Shard index.
+    pub shard: u32,
+    /// Slab index on that shard.
+    pub idx: u32,
+    /// Generation of that slot.
+    pub gen: u32,
+}
+
+/// Hub traffic between shards (inside [`Command::Hub`]).
+#[derive(Debug)]
+pub enum HubCmd {
+    /// To the owner: number and deliver this message. `from` gets the publish reply.
+    Publish {
+        /// Channel name (validated).
+        channel: Arc<str>,
+        /// The publisher's JSON value.
+        data: Box<RawValue>,
+        /// Publisher and its request id, for the reply.
+        from: Option<(ConnAddr, Option<u64>)>,
+    },
+    /// To the owner: `from` wants the channel (and what it missed since `since`).
+    Subscribe {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Subscriber and request id.
+        from: ConnAddr,
+        /// Request id.
+        id: Option<u64>,
+        /// Resume position (epoch, last seen seq).
+        since: Option<(u32, u64)>,
+    },
+    /// From the owner: the subscription is live after `replay`.
+    Subscribed {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Subscriber.
+        to: ConnAddr,
+        /// Request id.
+        id: Option<u64>,
+        /// Channel epoch.
+        epoch: u32,
+        /// Last assigned sequence number.
+        seq: u64,
+        /// For a resume: true = `replay` holds what was missed; false = history is gone.
+        recovered: Option<bool>,
+        /// Frames to send before live ones.
+        replay: Vec<Bytes>,
+    },
+    /// From the owner: a numbered delivery for the shard's subscribers.
+    Deliver {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The delivery frame, shared.
+        frame: Bytes,
+    },
+    /// From the owner to the publisher's shard: the publish got `seq`.
+    Published {
+        /// Publisher.
+        to: ConnAddr,
+        /// Request id.
+        id: Option<u64>,
+        /// Assigned sequence number.
+        seq: u64,
+    },
+    /// To the owner: the shard has no subscribers left on the channel.
+    Uninterested {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The shard.
+        shard: u32,
+    },
+}
+
+/// The owner's state for one channel.
+struct Owned {
+    last_seq: u64,
+    history: History,
+    /// Bit i = shard i has (or is getting) subscribers.
+    interested: u64,
+}
+
+/// One shard's hub state.
+#[derive(Default)]
+pub(super) struct HubState {
+    /// Channels this shard owns.
+    owned: HashMap<Arc<str>, Owned>,
+    /// Local subscribers per channel: live ones and ones waiting for the owner's answer.
+    local: HashMap<Arc<str>, Local>,
+    /// Channels of each local connection, by slab index.
+    by_conn: HashMap<usize, Vec<Arc<str>>>,
+    /// Commands this shard sends to itself (it owns the channel), in FIFO order.
+    pub(super) to_self: std::collections::VecDeque<HubCmd>,
+    /// Seed for channel epochs.
+    epoch_seed: u64,
+}
+
+#[derive(Default)]
+struct Local {
+    live: Vec<(u32, u32)>,
+    pending: Vec<(u32, u32)>,
+}
+
+impl Local {
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// FNV-1a: the channel's owner must be the same on every shard; no need for a keyed hash.
+fn owner_of(channel: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+impl Shard {
+    fn shard_count(&self) -> usize {
+        self.peer_count() + 1
+    }
+
+    /// Sends hub traffic to shard `to` (itself included, through the FIFO `to_self`).
+    fn hub_send(&mut self, to: usize, cmd: HubCmd) {
+        if to == self.id {
+            self.hub.to_self.push_back(cmd);
+        } else {
+            self.send_to_peer(to, Command::Hub(cmd));
+        }
+    }
+
+    fn addr_of(&self, idx: usize) -> Option<ConnAddr> {
+        self.conns.get(idx).map(|c| ConnAddr {
+            shard: self.id as u32,
+            idx: idx as u32,
+            gen: c.generation,
+        })
+    }
+
+    /// Queues a JSON reply (as a text frame) on a local connection.
+    fn hub_reply(&mut self, idx: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let mut json = Vec::with_capacity(96);
+        fill(&mut json);
+        let bound = self.cfg.max_backpressure;
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if !c.phase.sends_data() {
+            return;
+        }
+        let st = c.queue.push_owned(&mut self.pool, bound, |v| {
+            frame::encode_frame_into(v, OpCode::Text, &json, None)
+        });
+        self.counters.messages_out += 1;
+        if st == SendStatus::Dropped {
+            self.fail(
+                idx,
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            );
+        } else {
+            self.mark_dirty(idx);
+        }
+    }
+
+    /// One text message from a local connection, in hub mode.
+    pub(super) fn hub_message(&mut self, idx: usize, text: &[u8]) {
+        let cmd = match wire::parse(text) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                if let Some(code) = e.close {
+                    self.fail(idx, code, "not a JSON command", CloseReason::Protocol);
+                } else {
+                    self.hub_reply(idx, |o| wire::reply_error(o, e.id, e.code, e.code.as_str()));
+                }
+                return;
+            }
+        };
+        match cmd {
+            Wire::Subscribe { id, channel, since } => {
+                let since = match since {
+                    Some(s) => match wire::parse_epoch(s.epoch) {
+                        Some(epoch) => Some((epoch, s.seq)),
+                        // An epoch we never issued: history cannot match it.
+                        None => Some((u32::MAX, s.seq)),
+                    },
+                    None => None,
+                };
+                self.hub_subscribe(idx, id, channel, since)
+            }
+            Wire::Unsubscribe { id, channel } => self.hub_unsubscribe(idx, id, channel),
+            Wire::Publish { id, channel, data } => {
+                let Some(from) = self.addr_of(idx) else {
+                    return;
+                };
+                let channel: Arc<str> = Arc::from(channel);
+                let owner = owner_of(&channel, self.shard_count());
+                self.hub_send(
+                    owner,
+                    HubCmd::Publish {
+                        channel,
+                        data: data.to_owned(),
+                        from: Some((from, id)),
+                    },
+                );
+            }
+        }
+    }
+
+    fn hub_subscribe(&mut self, idx: usize, id: Option<u64>, ch: &str, since: Option<(u32, u64)>) {
+        let subs = self.hub.by_conn.get(&idx).map_or(0, Vec::len);
+        if self
+            .hub
+            .by_conn
+            .get(&idx)
+            .is_some_and(|v| v.iter().any(|c| &**c == ch))
+        {
+            let code = ErrorCode::AlreadySubscribed;
+            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+        }
+        if subs >= self.cfg.max_channels_per_connection {
+            let code = ErrorCode::TooManyChannels;
+            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+        }
+        let Some(from) = self.addr_of(idx) else {
+            return;
+        };
+        // Reuse the shard's Arc for this channel name when there is one.
+        let channel: Arc<str> = match self.hub.local.get_key_value(ch) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(ch),
+        };
+        self.hub
+            .local
+            .entry(Arc::clone(&channel))
+            .or_default()
+            .pending
+            .push((from.idx, from.gen));
+        self.hub
+            .by_conn
+            .entry(idx)
+            .or_default()
+            .push(Arc::clone(&channel));
+        let owner = owner_of(&channel, self.shard_count());
+        self.hub_send(
+            owner,
+            HubCmd::Subscribe {
+                channel,
+                from,
+                id,
+                since,
+            },
+        );
+    }
+
+    fn hub_unsubscribe(&mut self, idx: usize, id: Option<u64>, ch: &str) {
+        let found = self
+            .hub
+            .by_conn
+            .get_mut(&idx)
+            .and_then(|v| v.iter().position(|c| &**c == ch).map(|i| v.swap_remove(i)));
+        match found {
+            Some(channel) => {
+                self.drop_local(idx, &channel);
+                self.hub_reply(idx, |o| wire::reply_ok(o, id));
+            }
+            None => {
+                let code = ErrorCode::NotSubscribed;
+                self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            }
+        }
+    }
+
+    /// Removes a connection from a channel's local set; tells the owner when none are left.
+    fn drop_local(&mut self, idx: usize, channel: &Arc<str>) {
+        let Some(l) = self.hub.local.get_mut(channel) else {
+            return;
+        };
+        l.live.retain(|&(i, _)| i as usize != idx);
+        l.pending.retain(|&(i, _)| i as usize != idx);
+        if l.is_empty() {
+            self.hub.local.remove(channel);
+            let owner = owner_of(channel, self.shard_count());
+            let shard = self.id as u32;
+            self.hub_send(
+                owner,
+                HubCmd::Uninterested {
+                    channel: Arc::clone(channel),
+                    shard,
+                },
+            );
+        }
+    }
+
+    /// A connection is leaving the slab: forget its subscriptions.
+    pub(super) fn hub_forget(&mut self, idx: usize) {
+        if let Some(chans) = self.hub.by_conn.remove(&idx) {
+            for ch in chans {
+                self.drop_local(idx, &ch);
+            }
+        }
+    }
+
+    /// Copies the hub's sizes into the counters (before each publish of the snapshot).
+    pub(super) fn hub_gauges(&mut self) {
+        // Channels nobody listens to are kept only while their history can still serve a
+        // resume; then they go.
+        let now = self.now;
+        self.hub.owned.retain(|_, o| {
+            o.history.expire(now);
+            o.interested != 0 || !o.history.is_empty()
+        });
+        self.counters.hub_channels = self.hub.owned.len() as u64;
+        self.counters.hub_subscriptions = self.hub.by_conn.values().map(|v| v.len() as u64).sum();
+    }
+
+    /// Runs commands this shard sent to itself, until none are left.
+    pub(super) fn hub_drain_self(&mut self) {
+        while let Some(cmd) = self.hub.to_self.pop_front() {
+            self.hub_command(cmd);
+        }
+    }
+
+    /// Hub traffic from any shard (this one included).
+    pub(super) fn hub_command(&mut self, cmd: HubCmd) {
+        match cmd {
+            HubCmd::Publish {
+                channel,
+                data,
+                from,
+            } => self.own_publish(channel, &data, from),
+            HubCmd::Subscribe {
+                channel,
+                from,
+                id,
+                since,
+            } => self.own_subscribe(channel, from, id, since),
+            HubCmd::Uninterested { channel, shard } => {
+                if let Some(o) = self.hub.owned.get_mut(&channel) {
+                    o.interested &= !(1u64 << shard);
+                    if o.interested == 0 && o.history.is_empty() {
+                        self.hub.owned.remove(&channel);
+                    }
+                }
+            }
+            HubCmd::Subscribed {
+                channel,
+                to,
+                id,
+                epoch,
+                seq,
+                recovered,
+                replay,
+            } => self.on_subscribed(channel, to, id, epoch, seq, recovered, replay),
+            HubCmd::Deliver { channel, frame } => self.deliver_local(&channel, frame),
+            HubCmd::Published { to, id, seq } => {
+                if self.is_current(to) {
+                    self.hub_reply(to.idx as usize, |o| wire::reply_published(o, id, seq));
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, a: ConnAddr) -> bool {
+        self.conns
+            .get(a.idx as usize)
+            .is_some_and(|c| c.generation == a.gen)
+    }
+
+    fn owned_entry(&mut self, channel: &Arc<str>) -> &mut Owned {
+        let (cap, ttl) = (
+            self.cfg.history_size,
+            self.cfg.history_ttl.as_millis() as u64,
+        );
+        let seed = &mut self.hub.epoch_seed;
+        self.hub
+            .owned
+            .entry(Arc::clone(channel))
+            .or_insert_with(|| {
+                // A fresh epoch whenever the channel's state is (re)created, so a resume against
+                // history that no longer exists is detected instead of silently matching.
+                *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                let epoch = ((t ^ *seed).wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32) as u32;
+                Owned {
+                    last_seq: 0,
+                    history: History::new(epoch, cap, ttl),
+                    interested: 0,
+                }
+            })
+    }
+
+    fn own_publish(
+        &mut self,
+        channel: Arc<str>,
+        data: &RawValue,
+        from: Option<(ConnAddr, Option<u64>)>,
+    ) {
+        let now = self.now;
+        let keep = self.cfg.history_size > 0;
+        let o = self.owned_entry(&channel);
+        o.last_seq += 1;
+        let seq = o.last_seq;
+        let frame = wire::delivery_frame(&channel, seq, data);
+        if keep {
+            o.history.expire(now);
+            o.history.push(seq, now, frame.clone());
+        }
+        let interested = o.interested;
+        for shard in 0..self.shard_count() {
+            if interested & (1u64 << shard) != 0 {
+                self.hub_send(
+                    shard,
+                    HubCmd::Deliver {
+                        channel: Arc::clone(&channel),
+                        frame: frame.clone(),
+                    },
+                );
+            }
+        }
+        if let Some((to, id)) = from {
+            self.hub_send(to.shard as usize, HubCmd::Published { to, id, seq });
+        }
+    }
+
+    fn own_subscribe(
+        &mut self,
+        channel: Arc<str>,
+        from: ConnAddr,
+        id: Option<u64>,
+        since: Option<(u32, u64)>,
+    ) {
+        let now = self.now;
+        let o = self.owned_entry(&channel);
+        o.interested |= 1u64 << from.shard;
+        o.history.expire(now);
+        let (epoch, seq) = (o.history.epoch(), o.last_seq);
+        let (recovered, replay) = match since {
+            None => (None, Vec::new()),
+            Some((e, s)) => match o.history.since(e, s, seq, now) {
+                Recovery::UpToDate => (Some(true), Vec::new()),
+                Recovery::Replay(frames) => (Some(true), frames.cloned().collect()),
+                Recovery::Gone => (Some(false), Vec::new()),
+            },
+        };
+        self.hub_send(
+            from.shard as usize,
+            HubCmd::Subscribed {
+                channel,
+                to: from,
+                id,
+                epoch,
+                seq,
+                recovered,
+                replay,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_subscribed(
+        &mut self,
+        channel: Arc<str>,
+        to: ConnAddr,
+        id: Option<u64>,
+        epoch: u32,
+        seq: u64,
+        recovered: Option<bool>,
+        replay: Vec<Bytes>,
+    ) {
+        let key = (to.idx, to.gen);
+        let pending = self
+            .hub
+            .local
+            .get_mut(&channel)
+            .and_then(|l| l.pending.iter().position(|&p| p == key).map(|i| (l, i)));
+        let Some((l, pos)) = pending else {
+            // Unsubscribed (or gone) while the owner was answering. The request still gets
+            // its reply, without replay: the client has already left the channel.
+            if self.is_current(to) {
+                self.hub_reply(to.idx as usize, |o| {
+                    wire::reply_subscribed(o, id, &channel, epoch, seq, recovered)
+                });
+            }
+            return;
+        };
+        l.pending.swap_remove(pos);
+        l.live.push(key);
+        let idx = to.idx as usize;
+        self.hub_reply(idx, |o| {
+            wire::reply_subscribed(o, id, &channel, epoch, seq, recovered)
+        });
+        let bound = self.cfg.max_backpressure;
+        let mut slow = false;
+        if let Some(c) = self.conns.get_mut(idx) {
+            for f in replay {
+                self.counters.messages_out += 1;
+                if c.queue.push_shared(f, bound) == SendStatus::Dropped {
+                    slow = true;
+                    break;
+                }
+            }
+        }
+        if slow {
+            self.fail(
+                idx,
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            );
+        }
+    }
+
+    /// Queues a delivery on every live local subscriber; each is flushed once this pass.
+    fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
+        let Some(l) = self.hub.local.get(channel) else {
+            return;
+        };
+        let bound = self.cfg.max_backpressure;
+        let mut slow = Vec::new();
+        for &(i, g) in &l.live {
+            let idx = i as usize;
+            let Some(c) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if c.generation != g || c.phase != Phase::Open {
+                continue;
+            }
+            self.counters.messages_out += 1;
+            if c.queue.push_shared(frame.clone(), bound) == SendStatus::Dropped {
+                slow.push(idx);
+            } else if !c.has(flags::DIRTY) {
+                c.flags |= flags::DIRTY;
+                self.dirty.push(idx);
+            }
+        }
+        for idx in slow {
+            self.fail(
+                idx,
+                CloseCode::POLICY,
+                "slow consumer",
+                CloseReason::SlowConsumer,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_of;
+
+    #[test]
+    fn owner_is_stable_and_spread() {
+        assert_eq!(owner_of("news", 1), 0);
+        assert_eq!(owner_of("news", 4), owner_of("news", 4));
+        let mut seen = [0usize; 4];
+        for i in 0..1000 {
+            seen[owner_of(&format!("ch{i}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
+    }
+}

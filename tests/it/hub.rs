@@ -1,0 +1,268 @@
+//! The channel protocol (`--app hub`, docs/PROTOCOL.md): order and completeness across shards,
+//! resume with `since` (replay, then live, no gap, no duplicate), the explicit resync when
+//! history is gone, error replies, and the frames that close the connection.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use starling::config::{App, Config};
+use tungstenite::Message;
+
+use crate::util::ws::{connect, next_data, Ws};
+use crate::util::{config, TestServer};
+
+fn hub(shards: usize, history: usize) -> TestServer {
+    TestServer::start(Config {
+        app: App::Hub,
+        shards,
+        history_size: history,
+        ..config()
+    })
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+fn recv(ws: &mut Ws) -> Value {
+    match next_data(ws) {
+        Message::Text(t) => serde_json::from_str(&t).expect("JSON from the server"),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Reads until the reply with `id`, returning it and the deliveries seen before it.
+fn reply(ws: &mut Ws, id: u64) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let v = recv(ws);
+        if v.get("id").and_then(Value::as_u64) == Some(id) {
+            return (v, before);
+        }
+        before.push(v);
+    }
+}
+
+fn subscribe(ws: &mut Ws, id: u64, ch: &str, since: Option<(&str, u64)>) -> (Value, Vec<Value>) {
+    let mut cmd = json!({"op": "subscribe", "id": id, "channel": ch});
+    if let Some((epoch, seq)) = since {
+        cmd["since"] = json!({"epoch": epoch, "seq": seq});
+    }
+    send(ws, cmd);
+    reply(ws, id)
+}
+
+#[test]
+fn every_subscriber_on_every_shard_sees_every_message_once_in_order() {
+    let server = hub(2, 100);
+    let mut subs: Vec<Ws> = (0..12).map(|_| connect(server.addr())).collect();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let (r, _) = subscribe(s, i as u64 + 1, "news", None);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["seq"], 0, "{r}");
+    }
+    let per_pub = 40;
+    let mut pubs: Vec<Ws> = (0..3).map(|_| connect(server.addr())).collect();
+    for n in 0..per_pub {
+        for (p, ws) in pubs.iter_mut().enumerate() {
+            send(
+                ws,
+                json!({"op": "publish", "id": n, "channel": "news", "data": {"p": p, "n": n}}),
+            );
+        }
+    }
+    let total = per_pub * pubs.len() as u64;
+    for ws in pubs.iter_mut() {
+        let mut acked = 0;
+        while acked < per_pub {
+            let r = recv(ws);
+            assert_eq!(r["ok"], true, "{r}");
+            assert!(r["seq"].as_u64().unwrap() <= total);
+            acked += 1;
+        }
+    }
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut next_of: HashMap<u64, u64> = HashMap::new();
+        for want in 1..=total {
+            let d = recv(s);
+            assert_eq!(d["ch"], "news", "subscriber {i}: {d}");
+            assert_eq!(d["seq"], want, "subscriber {i}: gap or reorder at {d}");
+            let (p, n) = (
+                d["data"]["p"].as_u64().unwrap(),
+                d["data"]["n"].as_u64().unwrap(),
+            );
+            let e = next_of.entry(p).or_default();
+            assert_eq!(
+                n, *e,
+                "publisher {p}'s messages out of order for subscriber {i}"
+            );
+            *e += 1;
+        }
+    }
+}
+
+#[test]
+fn resume_replays_what_was_missed_then_continues_live() {
+    let server = hub(2, 100);
+    let mut publisher = connect(server.addr());
+    let mut sub = connect(server.addr());
+    let (r, _) = subscribe(&mut sub, 1, "prices", None);
+    let epoch = r["epoch"].as_str().unwrap().to_string();
+    for n in 1..=10u64 {
+        send(
+            &mut publisher,
+            json!({"op": "publish", "id": n, "channel": "prices", "data": n}),
+        );
+        reply(&mut publisher, n);
+    }
+    // Read 4, then drop the connection mid-stream.
+    let mut last = 0;
+    for _ in 0..4 {
+        last = recv(&mut sub)["seq"].as_u64().unwrap();
+    }
+    assert_eq!(last, 4);
+    drop(sub);
+    for n in 11..=15u64 {
+        send(
+            &mut publisher,
+            json!({"op": "publish", "id": n, "channel": "prices", "data": n}),
+        );
+        reply(&mut publisher, n);
+    }
+    let mut again = connect(server.addr());
+    let (r, before) = subscribe(&mut again, 7, "prices", Some((&epoch, last)));
+    assert!(before.is_empty());
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["seq"], 15);
+    for n in 16..=20u64 {
+        send(
+            &mut publisher,
+            json!({"op": "publish", "id": n, "channel": "prices", "data": n}),
+        );
+        reply(&mut publisher, n);
+    }
+    for want in 5..=20u64 {
+        let d = recv(&mut again);
+        assert_eq!(
+            d["seq"], want,
+            "no gap and no duplicate between replay and live: {d}"
+        );
+        assert_eq!(d["data"], want);
+    }
+}
+
+#[test]
+fn resume_beyond_history_gets_an_explicit_resync() {
+    let server = hub(1, 5);
+    let mut publisher = connect(server.addr());
+    let mut probe = connect(server.addr());
+    let (r, _) = subscribe(&mut probe, 1, "t", None);
+    let epoch = r["epoch"].as_str().unwrap().to_string();
+    for n in 1..=20u64 {
+        send(
+            &mut publisher,
+            json!({"op": "publish", "id": n, "channel": "t", "data": n}),
+        );
+        reply(&mut publisher, n);
+    }
+    let mut late = connect(server.addr());
+    let (r, _) = subscribe(&mut late, 2, "t", Some((&epoch, 3)));
+    assert_eq!(r["recovered"], false, "{r}");
+    assert_eq!(r["resync"], true, "{r}");
+    // A wrong epoch is never silently matched.
+    let mut other = connect(server.addr());
+    let (r, _) = subscribe(&mut other, 3, "t", Some(("00000000", 19)));
+    assert_eq!(r["resync"], true, "{r}");
+    // Within history: recovered.
+    let mut near = connect(server.addr());
+    let (r, _) = subscribe(&mut near, 4, "t", Some((&epoch, 17)));
+    assert_eq!(r["recovered"], true, "{r}");
+    for want in 18..=20u64 {
+        assert_eq!(recv(&mut near)["seq"], want);
+    }
+}
+
+#[test]
+fn bad_commands_get_error_replies_and_the_connection_stays() {
+    let server = hub(1, 10);
+    let mut ws = connect(server.addr());
+    send(
+        &mut ws,
+        json!({"op": "unsubscribe", "id": 1, "channel": "x"}),
+    );
+    let (r, _) = reply(&mut ws, 1);
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["error"]["code"], "not_subscribed");
+    subscribe(&mut ws, 2, "x", None);
+    let (r, _) = subscribe(&mut ws, 3, "x", None);
+    assert_eq!(r["error"]["code"], "already_subscribed");
+    send(&mut ws, json!({"op": "launch", "id": 4}));
+    let (r, _) = reply(&mut ws, 4);
+    assert_eq!(r["error"]["code"], "unknown_op");
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 5, "channel": "bad channel!"}),
+    );
+    let (r, _) = reply(&mut ws, 5);
+    assert_eq!(r["error"]["code"], "bad_channel");
+    send(
+        &mut ws,
+        json!({"op": "unsubscribe", "id": 6, "channel": "x"}),
+    );
+    let (r, _) = reply(&mut ws, 6);
+    assert_eq!(r["ok"], true);
+}
+
+#[test]
+fn binary_frames_and_non_json_close_the_connection() {
+    let server = hub(1, 10);
+    for (msg, code) in [
+        (Message::binary(vec![1, 2, 3]), 1003u16),
+        (Message::text("this is not json"), 1007),
+    ] {
+        let mut ws = connect(server.addr());
+        ws.send(msg).unwrap();
+        let close = loop {
+            match ws.read() {
+                Ok(Message::Close(c)) => break c,
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got {e}"),
+            }
+        };
+        assert_eq!(close.map(|c| u16::from(c.code)), Some(code));
+    }
+}
+
+#[test]
+fn subscribe_unsubscribe_cycles_leave_nothing_behind() {
+    let server = hub(2, 10);
+    let mut ws = connect(server.addr());
+    let cycles = 100_000u64;
+    // Pipelined: requests go out in batches, replies are read after each batch.
+    for batch in 0..(cycles / 500) {
+        for k in 0..500 {
+            let i = batch * 500 + k;
+            let ch = format!("c{}", i % 97);
+            send(
+                &mut ws,
+                json!({"op": "subscribe", "id": 2 * i, "channel": ch}),
+            );
+            send(
+                &mut ws,
+                json!({"op": "unsubscribe", "id": 2 * i + 1, "channel": ch}),
+            );
+        }
+        for _ in 0..1000 {
+            let r = recv(&mut ws);
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    assert!(
+        crate::util::wait_until(std::time::Duration::from_secs(5), || {
+            let c = server.counters();
+            c.hub_subscriptions == 0 && c.hub_channels == 0
+        }),
+        "subscriptions or channel state left after {cycles} cycles: {:?}",
+        server.counters()
+    );
+}
