@@ -455,6 +455,16 @@ impl Shard {
         });
     }
 
+    /// Closes a slow consumer: its backlog is freed and it gets 1008 (the queue bound policy).
+    pub(super) fn fail_slow(&mut self, idx: usize) {
+        self.fail(
+            idx,
+            CloseCode::POLICY,
+            "slow consumer",
+            CloseReason::SlowConsumer,
+        );
+    }
+
     /// Sends this shard's own connections' messages of this pass to every other shard, as one
     /// command per peer (the bytes are shared, not copied).
     fn forward_outgoing(&mut self) {
@@ -618,12 +628,7 @@ impl Shard {
             self.remove(idx, CloseReason::PeerGone);
         }
         for idx in slow {
-            self.fail(
-                idx,
-                CloseCode::POLICY,
-                "slow consumer",
-                CloseReason::SlowConsumer,
-            );
+            self.fail_slow(idx);
         }
     }
 

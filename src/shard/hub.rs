@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::hub::history::{History, Recovery};
 use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
-use crate::proto::{frame, CloseCode, OpCode};
+use crate::proto::{frame, OpCode};
 
 use super::conn::{flags, Phase};
 use super::event_loop::Shard;
@@ -68,23 +68,8 @@ pub enum HubCmd {
         /// Resume position (epoch, last seen seq).
         since: Option<(u32, u64)>,
     },
-    /// From the owner: the subscription is live after `replay`.
-    Subscribed {
-        /// Channel name.
-        channel: Arc<str>,
-        /// Subscriber.
-        to: ConnAddr,
-        /// Request id.
-        id: Option<u64>,
-        /// Channel epoch.
-        epoch: u32,
-        /// Last assigned sequence number.
-        seq: u64,
-        /// For a resume: true = `replay` holds what was missed; false = history is gone.
-        recovered: Option<bool>,
-        /// Frames to send before live ones.
-        replay: Vec<Bytes>,
-    },
+    /// From the owner: the subscription is live after the replay.
+    Subscribed(Subscribed),
     /// From the owner: a numbered delivery for the shard's subscribers.
     Deliver {
         /// Channel name.
@@ -108,6 +93,25 @@ pub enum HubCmd {
         /// The shard.
         shard: u32,
     },
+}
+
+/// The owner's answer to a subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Subscriber.
+    pub to: ConnAddr,
+    /// Request id.
+    pub id: Option<u64>,
+    /// Channel epoch.
+    pub epoch: u32,
+    /// Last assigned sequence number.
+    pub seq: u64,
+    /// For a resume: true = `replay` holds what was missed; false = history is gone.
+    pub recovered: Option<bool>,
+    /// Frames to send before live ones.
+    pub replay: Vec<Bytes>,
 }
 
 /// The owner's state for one channel.
@@ -193,12 +197,7 @@ impl Shard {
         });
         self.counters.messages_out += 1;
         if st == SendStatus::Dropped {
-            self.fail(
-                idx,
-                CloseCode::POLICY,
-                "slow consumer",
-                CloseReason::SlowConsumer,
-            );
+            self.fail_slow(idx);
         } else {
             self.mark_dirty(idx);
         }
@@ -384,15 +383,7 @@ impl Shard {
                     }
                 }
             }
-            HubCmd::Subscribed {
-                channel,
-                to,
-                id,
-                epoch,
-                seq,
-                recovered,
-                replay,
-            } => self.on_subscribed(channel, to, id, epoch, seq, recovered, replay),
+            HubCmd::Subscribed(answer) => self.on_subscribed(answer),
             HubCmd::Deliver { channel, frame } => self.deliver_local(&channel, frame),
             HubCmd::Published { to, id, seq } => {
                 if self.is_current(to) {
@@ -487,31 +478,28 @@ impl Shard {
                 Recovery::Gone => (Some(false), Vec::new()),
             },
         };
-        self.hub_send(
-            from.shard as usize,
-            HubCmd::Subscribed {
-                channel,
-                to: from,
-                id,
-                epoch,
-                seq,
-                recovered,
-                replay,
-            },
-        );
+        let answer = Subscribed {
+            channel,
+            to: from,
+            id,
+            epoch,
+            seq,
+            recovered,
+            replay,
+        };
+        self.hub_send(from.shard as usize, HubCmd::Subscribed(answer));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_subscribed(
-        &mut self,
-        channel: Arc<str>,
-        to: ConnAddr,
-        id: Option<u64>,
-        epoch: u32,
-        seq: u64,
-        recovered: Option<bool>,
-        replay: Vec<Bytes>,
-    ) {
+    fn on_subscribed(&mut self, answer: Subscribed) {
+        let Subscribed {
+            channel,
+            to,
+            id,
+            epoch,
+            seq,
+            recovered,
+            replay,
+        } = answer;
         let key = (to.idx, to.gen);
         let pending = self
             .hub
@@ -546,12 +534,7 @@ impl Shard {
             }
         }
         if slow {
-            self.fail(
-                idx,
-                CloseCode::POLICY,
-                "slow consumer",
-                CloseReason::SlowConsumer,
-            );
+            self.fail_slow(idx);
         }
     }
 
@@ -579,12 +562,7 @@ impl Shard {
             }
         }
         for idx in slow {
-            self.fail(
-                idx,
-                CloseCode::POLICY,
-                "slow consumer",
-                CloseReason::SlowConsumer,
-            );
+            self.fail_slow(idx);
         }
     }
 }

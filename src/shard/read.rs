@@ -267,12 +267,7 @@ impl Shard {
             tracing::debug!(shard = self.id, error = %e, "protocol error");
             self.fail(idx, e.close_code(), &e.to_string(), CloseReason::Protocol);
         } else if after.slow {
-            self.fail(
-                idx,
-                CloseCode::POLICY,
-                "slow consumer",
-                CloseReason::SlowConsumer,
-            );
+            self.fail_slow(idx);
         } else if after.binary {
             self.fail(
                 idx,
