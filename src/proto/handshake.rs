@@ -66,6 +66,9 @@ pub struct Upgrade {
     pub protocol: Option<usize>,
     /// The `Origin` header, if the client sent one (browsers always do).
     pub origin: Option<String>,
+    /// The `Authorization` header, if sent once and valid UTF-8 (admission decides what it
+    /// means; more than one line is treated as absent, so no credential is guessed).
+    pub authorization: Option<String>,
 }
 
 /// What the server accepts in a handshake.
@@ -298,12 +301,17 @@ pub fn parse_request(
         },
         Err(()) => return Err(HandshakeError::BadOrigin),
     };
+    let authorization = match single(headers, "authorization") {
+        Ok(Some(a)) => std::str::from_utf8(a.trim_ascii()).ok().map(str::to_owned),
+        _ => None,
+    };
     Ok(Some((
         Request::Upgrade(Upgrade {
             path: path.to_owned(),
             accept: accept_key(key),
             protocol: select_protocol(headers, limits.protocols),
             origin,
+            authorization,
         }),
         consumed,
     )))

@@ -404,6 +404,15 @@ fn healthz_is_answered_without_upgrade() {
 }
 
 #[test]
+fn authorization_passes_through_once_or_not_at_all() {
+    let up = upgrade(&upgrade_with(&[], &["Authorization: Bearer abc.def"]));
+    assert_eq!(up.authorization.as_deref(), Some("Bearer abc.def"));
+    assert_eq!(upgrade(&upgrade_with(&[], &[])).authorization, None);
+    let twice = upgrade_with(&[], &["Authorization: Bearer a", "Authorization: Bearer b"]);
+    assert_eq!(upgrade(&twice).authorization, None, "ambiguous credentials are ignored");
+}
+
+#[test]
 fn path_and_origin_pass_through() {
     let mut req = upgrade_with(&[], &["Origin: https://example.com"]);
     req.splice(4..9, b"/chat?token=abc".iter().copied());
