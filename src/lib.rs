@@ -48,6 +48,7 @@
 
 pub mod api;
 pub mod config;
+pub mod hub;
 pub mod metrics;
 pub mod proto;
 pub mod shard;

@@ -1,0 +1,4 @@
+//! Pub/sub state: what a channel is, who is in it, and what it said.
+
+pub mod history;
+pub mod wire;
