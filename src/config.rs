@@ -106,6 +106,21 @@ pub struct Config {
     /// Hub: channels one connection may subscribe to. Bounds what one client can make every
     /// shard track.
     pub max_channels_per_connection: usize,
+    /// HS256 secret for client tokens (JWT: `sub` user, `exp`, `channels.sub`/`channels.pub`
+    /// patterns), checked during the upgrade, before the 101: a bad or expired token gets 401.
+    /// `None` = no tokens (anonymous clients only).
+    pub jwt_secret: Option<String>,
+    /// Accept clients without a token (they may use every channel). Defaults to on without a
+    /// secret and off with one: configuring a secret means clients must be known.
+    pub anonymous: Option<bool>,
+    /// Origins (e.g. `https://app.example.com`) browsers may connect from; an upgrade with
+    /// another `Origin` gets 403. Empty = any origin (non-browser clients send none).
+    pub allowed_origins: Vec<String>,
+    /// Hub: messages per second one connection may send (0 = unlimited). Over it the client
+    /// gets a `rate_limited` error; if it keeps going it is closed with 1008.
+    pub rate_limit_messages: u32,
+    /// Hub: bytes per second one connection may send (0 = unlimited); same policy.
+    pub rate_limit_bytes: u32,
 }
 
 impl Default for Config {
@@ -135,6 +150,11 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             max_channels_per_connection: 128,
+            jwt_secret: None,
+            anonymous: None,
+            allowed_origins: Vec::new(),
+            rate_limit_messages: 0,
+            rate_limit_bytes: 0,
         }
     }
 }
@@ -182,6 +202,11 @@ impl Config {
         })
     }
 
+    /// Whether clients without a token are admitted (see `anonymous`).
+    pub fn allows_anonymous(&self) -> bool {
+        self.anonymous.unwrap_or(self.jwt_secret.is_none())
+    }
+
     /// The shard count after resolving 0 to the number of cores.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
@@ -226,6 +251,9 @@ impl Config {
         }
         if self.pong_timeout >= self.ping_interval {
             return bad("pong_timeout", "must be shorter than ping_interval");
+        }
+        if self.jwt_secret.as_ref().is_some_and(|k| k.len() < 16) {
+            return bad("jwt_secret", "must be at least 16 bytes");
         }
         if self.max_channels_per_connection == 0 {
             return bad("max_channels_per_connection", "must be at least 1");
@@ -402,6 +430,27 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// HS256 secret for client tokens (`?token=` or `Authorization: Bearer`); without a valid
+    /// token an upgrade gets 401 (unless --anonymous).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "STARLING_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Also accept clients without a token [default: on without --jwt-secret, off with it].
+    #[arg(long)]
+    pub anonymous: bool,
+    /// An origin browsers may connect from (repeat for several); others get 403 [default: any].
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Hub: messages per second per connection; 0 = unlimited [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rate_limit_messages: Option<u32>,
+    /// Hub: bytes per second per connection; 0 = unlimited [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rate_limit_bytes: Option<u32>,
     /// How often counters are logged; 0 = only at exit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -436,8 +485,19 @@ impl ServeArgs {
             stats_interval,
             history_size,
             history_ttl,
-            max_channels_per_connection
+            max_channels_per_connection,
+            rate_limit_messages,
+            rate_limit_bytes
         );
+        if self.jwt_secret.is_some() {
+            c.jwt_secret = self.jwt_secret.clone();
+        }
+        if self.anonymous {
+            c.anonymous = Some(true);
+        }
+        if !self.allowed_origins.is_empty() {
+            c.allowed_origins = self.allowed_origins.clone();
+        }
         if self.pin {
             c.pin = true;
         }

@@ -14,12 +14,16 @@
 //! - [`metrics`]: per-shard counters (plain integers owned by the shard), published as
 //!   snapshots.
 //! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
+//! - [`hub`]: the channel protocol's pure parts (client JSON wire format, per-channel
+//!   history for resume). The shards hold the channel state (`shard/hub.rs`): each channel has
+//!   one owner shard that numbers its messages, so every subscriber sees one order.
 //! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
 //!   thread and port; it only reads what the shards publish.
 //!
 //! # Threads
 //!
 //! ```text
+//!   api thread (admin HTTP: /healthz /readyz /metrics /stats; reads published counters)
 //!   main thread ── signals, periodic stats, drain ──┐
 //!                                                    │ Command (crossbeam + Waker)
 //!        ┌──────────────┬──────────────┬────────────┘

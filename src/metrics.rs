@@ -29,11 +29,15 @@ pub enum CloseReason {
     Drain,
     /// A socket error other than reset (counted so nothing disappears silently).
     IoError,
+    /// The client's token expired without a refresh: closed with 1008.
+    TokenExpired,
+    /// The client kept sending over its rate limit: closed with 1008.
+    RateLimited,
 }
 
 impl CloseReason {
     /// Number of reasons (array length).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     /// All reasons, in index order.
     pub const ALL: [CloseReason; Self::COUNT] = [
         CloseReason::Normal,
@@ -46,6 +50,8 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Drain,
         CloseReason::IoError,
+        CloseReason::TokenExpired,
+        CloseReason::RateLimited,
     ];
 
     /// Snake-case name used in logs and metrics.
@@ -61,6 +67,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Drain => "drain",
             CloseReason::IoError => "io_error",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 }

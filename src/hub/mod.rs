@@ -1,4 +1,6 @@
 //! Pub/sub state: what a channel is, who is in it, and what it said.
 
+pub mod auth;
 pub mod history;
+pub mod rate;
 pub mod wire;

@@ -245,6 +245,26 @@ struct Fields<'a> {
 }
 
 #[derive(Deserialize)]
+struct RefreshFields<'a> {
+    op: &'a str,
+    #[serde(default)]
+    id: Option<u64>,
+    token: &'a str,
+}
+
+/// A token refresh on an open connection, `{"op":"refresh","id":1,"token":"<jwt>"}`: `None`
+/// when the message is anything else (it then goes through [`parse`]). Kept apart from
+/// [`Command`] because it is about the connection, not a channel.
+pub fn parse_refresh(text: &[u8]) -> Option<(Option<u64>, &str)> {
+    // Cheap filter first: almost every message is not a refresh.
+    if !text.windows(9).any(|w| w == b"\"refresh\"") {
+        return None;
+    }
+    let f: RefreshFields<'_> = serde_json::from_slice(text).ok()?;
+    (f.op == "refresh").then_some((f.id, f.token))
+}
+
+#[derive(Deserialize)]
 struct SinceFields<'a> {
     #[serde(borrow)]
     epoch: &'a RawValue,

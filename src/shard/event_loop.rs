@@ -100,6 +100,8 @@ pub(crate) struct Shard {
     pub(super) hub: super::hub::HubState,
     /// Hub text messages read this pass, handled once the decoder lets go of the connection.
     pub(super) hub_in: Vec<(usize, Vec<u8>)>,
+    /// Origin and token checks, per-connection grants, rate limits, expiries.
+    pub(super) admission: super::admission::Admission,
 }
 
 impl Shard {
@@ -125,6 +127,7 @@ impl Shard {
             close: ms32(cfg.close_timeout),
             drain: cfg.drain_timeout.as_millis() as u64,
         };
+        let admission = super::admission::Admission::new(&cfg);
         Ok(Shard {
             id,
             read_buf: vec![0; cfg.read_buffer_size],
@@ -156,6 +159,7 @@ impl Shard {
             fired: Vec::new(),
             hub: Default::default(),
             hub_in: Vec::new(),
+            admission,
         })
     }
 
@@ -241,6 +245,7 @@ impl Shard {
 
             // 5. Timers.
             self.expire_timers();
+            self.expire_tokens();
 
             // 6. Flush.
             self.deliver_batch();
@@ -362,6 +367,7 @@ impl Shard {
             if self.cfg.app == App::Hub {
                 self.hub_forget(idx);
             }
+            self.admission.remove(idx, c.generation);
             self.wheel.cancel(idx);
             self.partial_hs.remove(&idx);
             if !c.has(flags::COUNTED) {
@@ -510,6 +516,24 @@ impl Shard {
         match self.drain_deadline {
             Some(t) => self.conns.is_empty() || self.now >= t,
             None => false,
+        }
+    }
+
+    /// Closes connections whose token expired (checked every pass; tokens count in seconds
+    /// and the poll timeout never exceeds one second).
+    fn expire_tokens(&mut self) {
+        if self.admission.next_expiry().is_none() {
+            return;
+        }
+        for (idx, gen) in self.admission.expired(super::admission::unix_now()) {
+            if self.conns.get(idx).is_some_and(|c| c.generation == gen) {
+                self.start_close(
+                    idx,
+                    CloseCode::POLICY,
+                    "token expired",
+                    CloseReason::TokenExpired,
+                );
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::hub::history::{History, Recovery};
 use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
-use crate::proto::{frame, OpCode};
+use crate::proto::{frame, CloseCode, OpCode};
 
 use super::conn::{flags, Phase};
 use super::event_loop::Shard;
@@ -65,8 +65,8 @@ pub enum HubCmd {
         from: ConnAddr,
         /// Request id.
         id: Option<u64>,
-        /// Resume position (epoch, last seen seq).
-        since: Option<(u32, u64)>,
+        /// Resume position (epoch — `None` if unparseable — and last seen seq).
+        since: Option<(Option<u32>, u64)>,
     },
     /// From the owner: the subscription is live after the replay.
     Subscribed(Subscribed),
@@ -205,6 +205,30 @@ impl Shard {
 
     /// One text message from a local connection, in hub mode.
     pub(super) fn hub_message(&mut self, idx: usize, text: &[u8]) {
+        if let Err(close) = self.admission.charge(idx, text.len(), self.now as u32) {
+            if close {
+                self.fail(
+                    idx,
+                    CloseCode::POLICY,
+                    "rate limit exceeded",
+                    CloseReason::RateLimited,
+                );
+            } else {
+                let code = ErrorCode::RateLimited;
+                self.hub_reply(idx, |o| wire::reply_error(o, None, code, "slow down"));
+            }
+            return;
+        }
+        if let Some((id, token)) = wire::parse_refresh(text) {
+            let gen = self.conns.get(idx).map_or(0, |c| c.generation);
+            return match self.admission.refresh(idx, gen, token) {
+                Ok(_) => self.hub_reply(idx, |o| wire::reply_ok(o, id)),
+                Err(why) => {
+                    let code = ErrorCode::Forbidden;
+                    self.hub_reply(idx, |o| wire::reply_error(o, id, code, why))
+                }
+            };
+        }
         let cmd = match wire::parse(text) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -218,18 +242,20 @@ impl Shard {
         };
         match cmd {
             Wire::Subscribe { id, channel, since } => {
-                let since = match since {
-                    Some(s) => match wire::parse_epoch(s.epoch) {
-                        Some(epoch) => Some((epoch, s.seq)),
-                        // An epoch we never issued: history cannot match it.
-                        None => Some((u32::MAX, s.seq)),
-                    },
-                    None => None,
-                };
+                // An epoch that does not parse was never issued here: `None` forces a resync.
+                let since = since.map(|s| (wire::parse_epoch(s.epoch), s.seq));
                 self.hub_subscribe(idx, id, channel, since)
             }
             Wire::Unsubscribe { id, channel } => self.hub_unsubscribe(idx, id, channel),
             Wire::Publish { id, channel, data } => {
+                if self
+                    .admission
+                    .grant(idx)
+                    .is_some_and(|g| !g.may_publish(channel))
+                {
+                    let code = ErrorCode::Forbidden;
+                    return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+                }
                 let Some(from) = self.addr_of(idx) else {
                     return;
                 };
@@ -247,7 +273,22 @@ impl Shard {
         }
     }
 
-    fn hub_subscribe(&mut self, idx: usize, id: Option<u64>, ch: &str, since: Option<(u32, u64)>) {
+    fn hub_subscribe(
+        &mut self,
+        idx: usize,
+        id: Option<u64>,
+        ch: &str,
+        since: Option<(Option<u32>, u64)>,
+    ) {
+        if self
+            .admission
+            .grant(idx)
+            .is_some_and(|g| !g.may_subscribe(ch))
+        {
+            let code = ErrorCode::Forbidden;
+            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+        }
+
         let subs = self.hub.by_conn.get(&idx).map_or(0, Vec::len);
         if self
             .hub
@@ -463,7 +504,7 @@ impl Shard {
         channel: Arc<str>,
         from: ConnAddr,
         id: Option<u64>,
-        since: Option<(u32, u64)>,
+        since: Option<(Option<u32>, u64)>,
     ) {
         let now = self.now;
         let o = self.owned_entry(&channel);
@@ -472,7 +513,8 @@ impl Shard {
         let (epoch, seq) = (o.history.epoch(), o.last_seq);
         let (recovered, replay) = match since {
             None => (None, Vec::new()),
-            Some((e, s)) => match o.history.since(e, s, seq, now) {
+            Some((None, _)) => (Some(false), Vec::new()),
+            Some((Some(e), s)) => match o.history.since(e, s, seq, now) {
                 Recovery::UpToDate => (Some(true), Vec::new()),
                 Recovery::Replay(frames) => (Some(true), frames.cloned().collect()),
                 Recovery::Gone => (Some(false), Vec::new()),

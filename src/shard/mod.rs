@@ -10,6 +10,7 @@
 //! [`Server::start`] binds every shard's listener before any thread starts, so a bad address
 //! fails synchronously with a clear error.
 
+mod admission;
 mod conn;
 mod event_loop;
 mod hub;

@@ -128,6 +128,20 @@ impl Shard {
                 });
             }
             Ok(Some((Request::Upgrade(up), consumed))) => {
+                // Origin and token are checked before any 101 goes out.
+                match self.admission.admit(&up, self.now as u32) {
+                    Ok(None) => {}
+                    Ok(Some(session)) => {
+                        let gen = self.conns[idx].generation;
+                        self.admission.insert(idx, gen, session);
+                    }
+                    Err(refusal) => {
+                        self.finish_with(idx, CloseReason::BadHandshake, false, |v| {
+                            v.extend_from_slice(&refusal)
+                        });
+                        return;
+                    }
+                }
                 let protocols = &self.cfg.protocols;
                 let c = &mut self.conns[idx];
                 c.queue.push_owned(&mut self.pool, usize::MAX, |v| {

@@ -61,3 +61,7 @@ mod hub;
 // The admin HTTP API (health, readiness, metrics, stats, API key). If you're adding a route or
 // a metric, its test probably goes in here.
 mod admin_api;
+
+// Admission (origin, JWT before the 101), token grants on channels, expiry and refresh, rate
+// limits. If you're adding something about who may connect or what they may do, it goes here.
+mod admission;

@@ -587,3 +587,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn refresh_is_recognised_apart_from_channel_commands() {
+    assert_eq!(
+        parse_refresh(br#"{"op":"refresh","id":7,"token":"a.b.c"}"#),
+        Some((Some(7), "a.b.c"))
+    );
+    assert_eq!(
+        parse_refresh(br#"{"op":"refresh","token":"t"}"#),
+        Some((None, "t"))
+    );
+    assert_eq!(
+        parse_refresh(br#"{"op":"publish","channel":"refresh","data":1}"#),
+        None
+    );
+    assert_eq!(
+        parse_refresh(br#"{"op":"refresh"}"#),
+        None,
+        "no token: not a refresh"
+    );
+    assert_eq!(parse_refresh(b"garbage \"refresh\""), None);
+}

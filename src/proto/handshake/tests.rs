@@ -409,7 +409,11 @@ fn authorization_passes_through_once_or_not_at_all() {
     assert_eq!(up.authorization.as_deref(), Some("Bearer abc.def"));
     assert_eq!(upgrade(&upgrade_with(&[], &[])).authorization, None);
     let twice = upgrade_with(&[], &["Authorization: Bearer a", "Authorization: Bearer b"]);
-    assert_eq!(upgrade(&twice).authorization, None, "ambiguous credentials are ignored");
+    assert_eq!(
+        upgrade(&twice).authorization,
+        None,
+        "ambiguous credentials are ignored"
+    );
 }
 
 #[test]
