@@ -54,8 +54,13 @@ pub enum HubCmd {
         channel: Arc<str>,
         /// The publisher's JSON value.
         data: Box<RawValue>,
-        /// Publisher and its request id, for the reply.
-        from: Option<(ConnAddr, Option<u64>)>,
+        /// Who gets the assigned sequence number.
+        from: Publisher,
+    },
+    /// To every shard: report local subscriber counts per channel.
+    Channels {
+        /// Where to send (channel, live local subscribers).
+        reply: crossbeam_channel::Sender<Vec<(Arc<str>, usize)>>,
     },
     /// To the owner: `from` wants the channel (and what it missed since `since`).
     Subscribe {
@@ -93,6 +98,15 @@ pub enum HubCmd {
         /// The shard.
         shard: u32,
     },
+}
+
+/// Who published, so the owner can tell them the sequence number it assigned.
+#[derive(Debug)]
+pub enum Publisher {
+    /// A client connection and its request id: it gets a `published` reply.
+    Conn(ConnAddr, Option<u64>),
+    /// Another thread (the server API): the number goes down this channel.
+    Caller(crossbeam_channel::Sender<u64>),
 }
 
 /// The owner's answer to a subscribe.
@@ -150,7 +164,7 @@ impl Local {
 }
 
 /// FNV-1a: the channel's owner must be the same on every shard; no need for a keyed hash.
-fn owner_of(channel: &str, shards: usize) -> usize {
+pub(super) fn owner_of(channel: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in channel.bytes() {
         h ^= b as u64;
@@ -266,7 +280,7 @@ impl Shard {
                     HubCmd::Publish {
                         channel,
                         data: data.to_owned(),
-                        from: Some((from, id)),
+                        from: Publisher::Conn(from, id),
                     },
                 );
             }
@@ -426,6 +440,16 @@ impl Shard {
             }
             HubCmd::Subscribed(answer) => self.on_subscribed(answer),
             HubCmd::Deliver { channel, frame } => self.deliver_local(&channel, frame),
+            HubCmd::Channels { reply } => {
+                let list = self
+                    .hub
+                    .local
+                    .iter()
+                    .filter(|(_, l)| !l.live.is_empty())
+                    .map(|(name, l)| (Arc::clone(name), l.live.len()))
+                    .collect();
+                let _ = reply.send(list);
+            }
             HubCmd::Published { to, id, seq } => {
                 if self.is_current(to) {
                     self.hub_reply(to.idx as usize, |o| wire::reply_published(o, id, seq));
@@ -466,12 +490,7 @@ impl Shard {
             })
     }
 
-    fn own_publish(
-        &mut self,
-        channel: Arc<str>,
-        data: &RawValue,
-        from: Option<(ConnAddr, Option<u64>)>,
-    ) {
+    fn own_publish(&mut self, channel: Arc<str>, data: &RawValue, from: Publisher) {
         let now = self.now;
         let keep = self.cfg.history_size > 0;
         let o = self.owned_entry(&channel);
@@ -494,8 +513,14 @@ impl Shard {
                 );
             }
         }
-        if let Some((to, id)) = from {
-            self.hub_send(to.shard as usize, HubCmd::Published { to, id, seq });
+        match from {
+            Publisher::Conn(to, id) => {
+                self.hub_send(to.shard as usize, HubCmd::Published { to, id, seq })
+            }
+            // The caller may have given up waiting; nothing to undo then.
+            Publisher::Caller(tx) => {
+                let _ = tx.send(seq);
+            }
         }
     }
 

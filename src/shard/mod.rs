@@ -93,6 +93,23 @@ impl Handle {
     }
 }
 
+/// Why [`Server::publish`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The server does not run the channel protocol (`--app hub`).
+    #[error("the server is not running the channel protocol (--app hub)")]
+    NotHub,
+    /// The channel name breaks the naming rules.
+    #[error("invalid channel name")]
+    BadChannel,
+    /// The owner shard did not answer in time.
+    #[error("timed out waiting for the channel's owner")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("the server has stopped")]
+    Stopped,
+}
+
 /// A running group of shards serving one address.
 #[derive(Debug)]
 pub struct Server {
@@ -101,6 +118,7 @@ pub struct Server {
     stats: Vec<Published>,
     local_addr: SocketAddr,
     draining: Arc<AtomicBool>,
+    app: crate::config::App,
 }
 
 /// Pieces of one shard created on the starting thread and moved into its own.
@@ -171,6 +189,7 @@ impl Server {
             stats,
             local_addr: addr,
             draining: Arc::new(AtomicBool::new(false)),
+            app: config.app,
         })
     }
 
@@ -197,6 +216,59 @@ impl Server {
         for h in &self.handles {
             h.send(Command::Shutdown);
         }
+    }
+
+    /// Publishes `data` (a JSON value) to `channel` from outside the shards (the server API),
+    /// through the channel's owner like any client publish. Returns the sequence number the
+    /// message got, or why it could not be published.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: &serde_json::value::RawValue,
+        timeout: std::time::Duration,
+    ) -> Result<u64, PublishError> {
+        if self.app != crate::config::App::Hub {
+            return Err(PublishError::NotHub);
+        }
+        if !crate::hub::wire::valid_channel(channel) {
+            return Err(PublishError::BadChannel);
+        }
+        let owner = hub::owner_of(channel, self.handles.len());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = self.handles[owner].send(Command::Hub(hub::HubCmd::Publish {
+            channel: Arc::from(channel),
+            data: data.to_owned(),
+            from: hub::Publisher::Caller(tx),
+        }));
+        if !sent {
+            return Err(PublishError::Stopped);
+        }
+        rx.recv_timeout(timeout).map_err(|_| PublishError::Timeout)
+    }
+
+    /// Channels with subscribers right now and how many, summed over shards, by name.
+    pub fn channels(&self, timeout: std::time::Duration) -> Vec<(String, usize)> {
+        let mut total: std::collections::BTreeMap<String, usize> = Default::default();
+        if self.app != crate::config::App::Hub {
+            return Vec::new();
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self
+            .handles
+            .iter()
+            .filter(|h| h.send(Command::Hub(hub::HubCmd::Channels { reply: tx.clone() })))
+            .count();
+        let deadline = std::time::Instant::now() + timeout;
+        for _ in 0..asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(list) = rx.recv_timeout(left) else {
+                break;
+            };
+            for (name, n) in list {
+                *total.entry(name.to_string()).or_default() += n;
+            }
+        }
+        total.into_iter().collect()
     }
 
     /// Set once a drain has started (for readiness checks on other threads).
