@@ -126,7 +126,11 @@ fn wheel(c: &mut Criterion) {
             // alternate key orders so a key's list neighbours are not the keys touched next.
             let now = wheel.now() + 1;
             wheel.advance(now, &mut fired);
-            let order = if now.is_multiple_of(2) { &keys } else { &other_keys };
+            let order = if now.is_multiple_of(2) {
+                &keys
+            } else {
+                &other_keys
+            };
             for &key in order {
                 wheel.insert(key, now + HEARTBEAT_MS);
             }
