@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -63,8 +64,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
     log_limits(config.shard_count(), config.max_connections_per_shard);
     let stats_every = config.stats_interval;
     let api = (config.api_listen, config.api_key.clone());
+    // Shared with the admin API, which publishes through it; unique again once the API stops.
     let server = match Server::start(config) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::from(1);
@@ -98,10 +100,19 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
         }
     }
-    let totals = server.join();
     if let Some(api) = api {
         api.stop();
     }
+    let totals = match Arc::try_unwrap(server) {
+        Ok(server) => server.join(),
+        Err(server) => {
+            // Not expected: the API thread, the only other holder, has been joined. The shards
+            // have exited either way; only their threads go unjoined.
+            tracing::error!("server still shared at exit; not joining its threads");
+            server.shutdown();
+            server.counters()
+        }
+    };
     tracing::info!(counters = %totals, "stopped");
     ExitCode::SUCCESS
 }
@@ -112,7 +123,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
 /// public address") was already validated.
 fn start_api(
     (addr, key): (Option<SocketAddr>, Option<String>),
-    server: &Server,
+    server: &Arc<Server>,
     started: Instant,
 ) -> Option<api::ApiServer> {
     let addr = addr?;

@@ -1,17 +1,23 @@
-//! The admin HTTP API: health, readiness, Prometheus metrics and JSON stats, served on its own
-//! thread and port, never on a shard. It is off the hot path by construction: it only reads the
-//! snapshots each shard publishes (every ~250 ms) and the server's drain flag, so a scrape
-//! costs the shards nothing.
+//! The admin HTTP API: health, readiness, Prometheus metrics and JSON stats, plus publishing to
+//! channels and listing them, served on its own thread and port, never on a shard. Reads are
+//! off the hot path by construction: they only see the snapshots each shard publishes (every
+//! ~250 ms) and the server's drain flag, so a scrape costs the shards nothing. `POST /publish`
+//! and `GET /channels` go to the shards as commands, through the [`Engine`] the view holds,
+//! exactly like a client's publish does.
 //!
 //! # Contract
 //!
 //! - [`start`] binds synchronously (a bad or busy address is an `Err` at once), then serves
 //!   requests one at a time on a thread named `api`. [`ApiServer::stop`] (or dropping the
 //!   [`ApiServer`]) unblocks that thread and joins it.
-//! - Every route is one line of `ROUTES`. `dispatch` is a pure function from (method, path,
-//!   `Authorization`) to a `Reply`, so routing and auth are tested without sockets. Unknown
-//!   paths get 404, methods other than GET and HEAD get 405 with `Allow`, both with a JSON
-//!   error body.
+//! - Every route is one line of `ROUTES`, naming its method by its handler's kind: a GET
+//!   route also answers HEAD, a POST route gets the request body. `dispatch` is a function from
+//!   (method, path, `Authorization`, body) to a `Reply` that touches no socket, so routing and
+//!   auth are tested without sockets. Unknown paths get 404, a method the path does not serve
+//!   gets 405 with `Allow` listing those it does, both with a JSON error body.
+//! - A POST body is read only after the route and the key check pass, and at most
+//!   [`MAX_BODY`] bytes of it: a larger one gets 413, by its `Content-Length` before reading
+//!   anything when it declares one.
 //! - With an API key, every route not marked public needs `Authorization: Bearer <key>`; the
 //!   token is compared in constant time and a missing or wrong one gets 401 with
 //!   `WWW-Authenticate: Bearer`. `/healthz` and `/readyz` stay public because load balancers and
@@ -20,27 +26,63 @@
 //!   server is and which clients misbehave, which is not for the open network. [`start`]
 //!   refuses otherwise, as `Config::validate` does earlier with a clearer message.
 //!
-//! HTTP parsing is `tiny_http`'s. Its accept thread ends on the first `accept` error (EMFILE
-//! when the process is at its open-file limit, the very moment an operator wants metrics), so
-//! the serving loop rebuilds it on the same listening socket after a pause instead of going
-//! silent for the rest of the process's life.
+//! Files: this one holds the view, the routing table, dispatch and the key check; `routes`
+//! the handlers; `prometheus` the text format; `server` the thread and the HTTP library
+//! (`tiny_http`) behind it.
 
 mod prometheus;
 mod routes;
+mod server;
 
-use std::io;
-use std::net::{SocketAddr, TcpListener};
+pub use server::{start, ApiServer};
+
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
+
 use crate::metrics::Published;
-use crate::shard::Server;
+use crate::shard::{PublishError, Server};
 use routes::Reply;
 
-/// What the API reads: the shards' published counters, the drain flag, and when the process
-/// started. Cheap to clone; nothing in it is written by the API.
+/// The largest request body accepted (`POST /publish`): 1 MiB. Bigger gets 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What the API asks of the engine beyond reading counters: the channel operations. [`Server`]
+/// is the real one; routes are written against the trait so they are tested without shards.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// Publishes `data` to `channel`, waiting at most `timeout` for its sequence number
+    /// ([`Server::publish`]).
+    fn publish(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        timeout: Duration,
+    ) -> Result<u64, PublishError>;
+
+    /// Channels with subscribers and how many, by name ([`Server::channels`]).
+    fn channels(&self, timeout: Duration) -> Vec<(String, usize)>;
+}
+
+impl Engine for Server {
+    fn publish(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        timeout: Duration,
+    ) -> Result<u64, PublishError> {
+        Server::publish(self, channel, data, timeout)
+    }
+
+    fn channels(&self, timeout: Duration) -> Vec<(String, usize)> {
+        Server::channels(self, timeout)
+    }
+}
+
+/// What the API reads, and the engine it publishes through. Cheap to clone; the API writes to
+/// none of it.
 #[derive(Debug, Clone)]
 pub struct ApiView {
     /// One snapshot slot per shard, in shard order.
@@ -49,15 +91,20 @@ pub struct ApiView {
     pub draining: Arc<AtomicBool>,
     /// Process start, for the uptime figures.
     pub started: Instant,
+    /// Publishing and listing channels. For a real server this is the server itself, so the
+    /// API keeps it alive until the API thread has been joined.
+    pub engine: Arc<dyn Engine>,
 }
 
 impl ApiView {
-    /// The view of a running server, with `started` as the start of the process.
-    pub fn of(server: &Server, started: Instant) -> ApiView {
+    /// The view of a running server, with `started` as the start of the process. The view
+    /// holds a clone of `server` until the API is stopped.
+    pub fn of(server: &Arc<Server>, started: Instant) -> ApiView {
         ApiView {
             published: server.published(),
             draining: server.draining_flag(),
             started,
+            engine: Arc::clone(server) as Arc<dyn Engine>,
         }
     }
 
@@ -76,62 +123,125 @@ enum Access {
     Key,
 }
 
-/// One route: a path, who may call it, and its GET handler.
-struct Route {
-    path: &'static str,
-    access: Access,
-    handler: fn(&ApiView) -> Reply,
+/// A route's handler; its kind is the route's method.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// GET, and HEAD (which `tiny_http` answers with the GET headers and no body).
+    Get(fn(&ApiView) -> Reply),
+    /// POST, given the body (at most [`MAX_BODY`] bytes).
+    Post(fn(&ApiView, &[u8]) -> Reply),
 }
 
-impl Route {
-    const fn new(path: &'static str, access: Access, handler: fn(&ApiView) -> Reply) -> Route {
-        Route {
-            path,
-            access,
-            handler,
+impl Handler {
+    /// The methods this handler answers, as `Allow` lists them.
+    fn methods(self) -> &'static [&'static str] {
+        match self {
+            Handler::Get(_) => &["GET", "HEAD"],
+            Handler::Post(_) => &["POST"],
         }
     }
 }
 
-/// Every route the API serves. All are read-only, so GET (and HEAD, which `tiny_http` answers
-/// with the GET headers and no body) is the only method.
+/// One route: a path, who may call it, and its handler.
+struct Route {
+    path: &'static str,
+    access: Access,
+    handler: Handler,
+}
+
+impl Route {
+    const fn get(path: &'static str, access: Access, f: fn(&ApiView) -> Reply) -> Route {
+        Route {
+            path,
+            access,
+            handler: Handler::Get(f),
+        }
+    }
+
+    const fn post(path: &'static str, access: Access, f: fn(&ApiView, &[u8]) -> Reply) -> Route {
+        Route {
+            path,
+            access,
+            handler: Handler::Post(f),
+        }
+    }
+}
+
+/// Every route the API serves. A path may appear once per method.
 const ROUTES: &[Route] = &[
-    Route::new("/healthz", Access::Public, routes::healthz),
-    Route::new("/readyz", Access::Public, routes::readyz),
-    Route::new("/metrics", Access::Key, routes::metrics),
-    Route::new("/stats", Access::Key, routes::stats),
+    Route::get("/healthz", Access::Public, routes::healthz),
+    Route::get("/readyz", Access::Public, routes::readyz),
+    Route::get("/metrics", Access::Key, routes::metrics),
+    Route::get("/stats", Access::Key, routes::stats),
+    Route::get("/channels", Access::Key, routes::channels),
+    Route::post("/publish", Access::Key, routes::publish),
 ];
 
-/// The value of `Allow` on a 405.
-const ALLOW: &str = "GET, HEAD";
+/// One request as the router sees it.
+struct Incoming<'a> {
+    /// The method as sent.
+    method: &'a str,
+    /// The request target; a query string is ignored.
+    target: &'a str,
+    /// The `Authorization` header, if any.
+    authorization: Option<&'a str>,
+    /// The declared `Content-Length`, if any (none for a chunked body).
+    length: Option<usize>,
+    /// The body, read only by POST routes.
+    body: &'a mut dyn Read,
+}
 
-/// Pause before rebuilding the HTTP server after an accept error, so a process stuck at its
-/// open-file limit is not also spinning.
-const RESTART_PAUSE: Duration = Duration::from_secs(1);
-
-/// Routes one request. `method` is the request method as sent, `target` the request target
-/// (a query string is ignored), `authorization` the `Authorization` header if any.
-fn dispatch(
-    view: &ApiView,
-    key: Option<&str>,
-    method: &str,
-    target: &str,
-    authorization: Option<&str>,
-) -> Reply {
-    let path = target.split('?').next().unwrap_or(target);
-    let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
+/// Routes one request: 404, 405, 401, 413 in that order, else the route's handler.
+fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
+    let path = req.target.split('?').next().unwrap_or(req.target);
+    let mut on_path = ROUTES.iter().filter(|r| r.path == path).peekable();
+    if on_path.peek().is_none() {
         return Reply::error(404, "not found");
-    };
-    if method != "GET" && method != "HEAD" {
-        return Reply::error(405, "method not allowed").with_header("Allow", ALLOW);
     }
+    let Some(route) = on_path.find(|r| r.handler.methods().contains(&req.method)) else {
+        return Reply::error(405, "method not allowed").with_header("Allow", &allow(path));
+    };
     if let (Access::Key, Some(key)) = (route.access, key) {
-        if !authorized(authorization, key) {
+        if !authorized(req.authorization, key) {
             return Reply::error(401, "missing or wrong API key")
                 .with_header("WWW-Authenticate", "Bearer realm=\"starling\"");
         }
     }
-    (route.handler)(view)
+    match route.handler {
+        Handler::Get(f) => f(view),
+        Handler::Post(f) => match read_body(req.length, req.body) {
+            Ok(body) => f(view, &body),
+            Err(reply) => reply,
+        },
+    }
+}
+
+/// `Allow` for `path`: every method some route on it answers.
+fn allow(path: &str) -> String {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| r.path == path)
+        .flat_map(|r| r.handler.methods().iter().copied())
+        .collect();
+    methods.join(", ")
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes: 413 if it declares or turns out to be more,
+/// 400 if it cannot be read (the client went away or sent a broken chunked encoding).
+fn read_body(length: Option<usize>, body: &mut dyn Read) -> Result<Vec<u8>, Reply> {
+    let too_large = || Reply::error(413, &format!("request body over {MAX_BODY} bytes"));
+    if length.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(length.unwrap_or(0));
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    body.take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|_| Reply::error(400, "cannot read the request body"))?;
+    if buf.len() > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(buf)
 }
 
 /// True if `authorization` is `Bearer <key>`. "It uses a case-insensitive token as a means to
@@ -161,162 +271,49 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// A running admin API. Stopped and joined by [`ApiServer::stop`] or on drop.
-#[derive(Debug)]
-pub struct ApiServer {
-    local_addr: SocketAddr,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// What the API thread and [`ApiServer`] share to stop the loop.
-#[derive(Default)]
-struct Shared {
-    stopping: AtomicBool,
-    /// The `tiny_http` server currently serving, to unblock it.
-    current: Mutex<Option<Arc<tiny_http::Server>>>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("stopping", &self.stopping)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ApiServer {
-    /// The bound address (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops serving and joins the API thread. A request being answered is finished first.
-    pub fn stop(mut self) {
-        self.shut();
-    }
-
-    fn shut(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Under the lock, so a server the thread is about to install sees the flag instead.
-        if let Ok(current) = self.shared.current.lock() {
-            if let Some(http) = current.as_ref() {
-                http.unblock();
-            }
-        }
-        thread.thread().unpark();
-        if thread.join().is_err() {
-            tracing::error!("the admin API thread panicked");
-        }
-        // Dropping the server closes the listening socket (its accept thread lets go of it as
-        // soon as it wakes).
-        if let Ok(mut current) = self.shared.current.lock() {
-            current.take();
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.shut();
-    }
-}
-
-/// Binds `addr` and serves the admin API on a new thread. `key`, when set, is the bearer token
-/// every non-public route requires. Without a key, `addr` must be a loopback address
-/// (`InvalidInput` otherwise; see the module docs for why).
-pub fn start(addr: SocketAddr, key: Option<String>, view: ApiView) -> io::Result<ApiServer> {
-    if key.is_none() && !addr.ip().is_loopback() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("admin API on non-loopback {addr} needs an API key"),
-        ));
-    }
-    let listener = TcpListener::bind(addr)?;
-    let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::default());
-    let inner = Arc::clone(&shared);
-    let thread = std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || serve(listener, key, view, inner))?;
-    tracing::info!(addr = %local_addr, "admin API listening");
-    Ok(ApiServer {
-        local_addr,
-        shared,
-        thread: Some(thread),
-    })
-}
-
-/// The API thread: serve until stopped, rebuilding `tiny_http` after an accept error.
-fn serve(listener: TcpListener, key: Option<String>, view: ApiView, shared: Arc<Shared>) {
-    loop {
-        let http = match listener
-            .try_clone()
-            .map_err(|e| e.to_string())
-            .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()))
-        {
-            Ok(h) => Arc::new(h),
-            Err(error) => {
-                tracing::warn!(%error, "admin API cannot restart its listener; retrying");
-                if pause_or_stop(&shared) {
-                    return;
-                }
-                continue;
-            }
-        };
-        match shared.current.lock() {
-            Ok(mut current) if !shared.stopping.load(Ordering::SeqCst) => {
-                *current = Some(Arc::clone(&http));
-            }
-            _ => return,
-        }
-        let error = answer_until_error(&http, key.as_deref(), &view);
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        tracing::warn!(%error, "admin API accept failed; restarting it");
-        if pause_or_stop(&shared) {
-            return;
-        }
-    }
-}
-
-/// Answers requests until `recv` fails (an accept error, or `unblock` from [`ApiServer::stop`]).
-fn answer_until_error(http: &tiny_http::Server, key: Option<&str>, view: &ApiView) -> io::Error {
-    loop {
-        let request = match http.recv() {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let authorization = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_owned());
-        let method = request.method().as_str().to_owned();
-        let reply = dispatch(view, key, &method, request.url(), authorization.as_deref());
-        if let Err(e) = request.respond(reply.into_response()) {
-            // The client went away mid-response; nothing to do for it.
-            tracing::debug!(error = %e, "admin API response not delivered");
-        }
-    }
-}
-
-/// Sleeps [`RESTART_PAUSE`] (woken early by `stop`); true if the API is stopping.
-fn pause_or_stop(shared: &Shared) -> bool {
-    std::thread::park_timeout(RESTART_PAUSE);
-    shared.stopping.load(Ordering::SeqCst)
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::metrics::Counters;
+    use std::io;
+    use std::sync::Mutex;
 
-    fn view() -> ApiView {
+    /// An engine without shards: records publishes, numbers them per channel, and fails the
+    /// way the server does for a non-hub app, a bad name, or a channel called `slow`.
+    #[derive(Debug, Default)]
+    pub(in crate::api) struct FakeEngine {
+        pub not_hub: bool,
+        pub published: Mutex<Vec<(String, String)>>,
+        pub listing: Vec<(String, usize)>,
+    }
+
+    impl Engine for FakeEngine {
+        fn publish(&self, ch: &str, data: &RawValue, _: Duration) -> Result<u64, PublishError> {
+            match ch {
+                _ if self.not_hub => Err(PublishError::NotHub),
+                _ if !crate::hub::wire::valid_channel(ch) => Err(PublishError::BadChannel),
+                "slow" => Err(PublishError::Timeout),
+                _ => {
+                    let mut log = self.published.lock().unwrap();
+                    log.push((ch.to_owned(), data.get().to_owned()));
+                    Ok(log.iter().filter(|(c, _)| c == ch).count() as u64)
+                }
+            }
+        }
+
+        fn channels(&self, _: Duration) -> Vec<(String, usize)> {
+            self.listing.clone()
+        }
+    }
+
+    impl FakeEngine {
+        /// Every publish so far: (channel, data as given).
+        pub fn log(&self) -> Vec<(String, String)> {
+            self.published.lock().unwrap().clone()
+        }
+    }
+
+    pub(in crate::api) fn view_with(engine: &Arc<FakeEngine>) -> ApiView {
         let p = Published::default();
         p.store(&Counters {
             messages_in: 7,
@@ -326,6 +323,37 @@ mod tests {
             published: vec![p],
             draining: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
+            engine: Arc::clone(engine) as Arc<dyn Engine>,
+        }
+    }
+
+    fn view() -> ApiView {
+        view_with(&Arc::default())
+    }
+
+    fn request(
+        v: &ApiView,
+        key: Option<&str>,
+        method: &str,
+        target: &str,
+        auth: Option<&str>,
+    ) -> Reply {
+        let incoming = Incoming {
+            method,
+            target,
+            authorization: auth,
+            length: None,
+            body: &mut io::empty(),
+        };
+        dispatch(v, key, incoming)
+    }
+
+    /// A body that must never be read.
+    struct Untouchable;
+
+    impl Read for Untouchable {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            panic!("the body was read")
         }
     }
 
@@ -368,69 +396,81 @@ mod tests {
         let v = view();
         let key = Some("k");
         // Public probes need no key.
-        assert_eq!(dispatch(&v, key, "GET", "/healthz", None).status, 200);
-        assert_eq!(dispatch(&v, key, "GET", "/readyz?full=1", None).status, 200);
+        assert_eq!(request(&v, key, "GET", "/healthz", None).status, 200);
+        assert_eq!(request(&v, key, "GET", "/readyz?full=1", None).status, 200);
         // Protected routes: 401 with a challenge, 200 with the key.
-        let r = dispatch(&v, key, "GET", "/metrics", None);
+        let r = request(&v, key, "GET", "/metrics", None);
         assert_eq!(r.status, 401);
         assert!(header(&r, "WWW-Authenticate")
             .unwrap()
             .starts_with("Bearer"));
         assert_eq!(
-            dispatch(&v, key, "GET", "/stats", Some("Bearer x")).status,
+            request(&v, key, "GET", "/stats", Some("Bearer x")).status,
             401
         );
         assert_eq!(
-            dispatch(&v, key, "GET", "/stats", Some("Bearer k")).status,
+            request(&v, key, "GET", "/stats", Some("Bearer k")).status,
             200
         );
         // Without a key everything is open (the address is loopback).
-        assert_eq!(dispatch(&v, None, "GET", "/metrics", None).status, 200);
+        assert_eq!(request(&v, None, "GET", "/metrics", None).status, 200);
         // 404 and 405.
-        let r = dispatch(&v, key, "GET", "/nope", None);
+        let r = request(&v, key, "GET", "/nope", None);
         assert_eq!(r.status, 404);
         assert!(r.body.contains("\"error\""));
-        let r = dispatch(&v, key, "POST", "/healthz", None);
+        let r = request(&v, key, "POST", "/healthz", None);
         assert_eq!(r.status, 405);
-        assert_eq!(header(&r, "Allow"), Some(ALLOW));
-        assert_eq!(dispatch(&v, None, "HEAD", "/stats", None).status, 200);
+        assert_eq!(header(&r, "Allow"), Some("GET, HEAD"));
+        assert_eq!(request(&v, None, "HEAD", "/stats", None).status, 200);
+        assert_eq!(request(&v, None, "HEAD", "/channels", None).status, 200);
+        for method in ["GET", "HEAD", "PUT"] {
+            let r = request(&v, key, method, "/publish", Some("Bearer k"));
+            assert_eq!(r.status, 405, "{method}");
+            assert_eq!(header(&r, "Allow"), Some("POST"));
+        }
+        let r = request(&v, key, "POST", "/channels", None);
+        assert_eq!((r.status, header(&r, "Allow")), (405, Some("GET, HEAD")));
+        // Method names are case-sensitive (RFC 9110 §9.1).
+        assert_eq!(request(&v, None, "get", "/stats", None).status, 405);
+    }
+
+    #[test]
+    fn post_bodies_are_bounded_and_read_only_when_authorized() {
+        let v = view();
+        let key = Some("k");
+        let auth = Some("Bearer k");
+        let publish = |length, body: &mut dyn Read, auth| {
+            let incoming = Incoming {
+                method: "POST",
+                target: "/publish",
+                authorization: auth,
+                length,
+                body,
+            };
+            dispatch(&v, key, incoming)
+        };
+        // Refused before the body: no key, or a declared length over the limit.
+        assert_eq!(publish(Some(10), &mut Untouchable, None).status, 401);
+        let r = publish(Some(MAX_BODY + 1), &mut Untouchable, auth);
+        assert_eq!(r.status, 413);
+        assert!(r.body.contains("\"error\""));
+        // Undeclared (chunked) and too long: found while reading.
+        let big = vec![b' '; MAX_BODY + 1];
+        assert_eq!(publish(None, &mut &big[..], auth).status, 413);
+        // Exactly at the limit is read and parsed (and is whitespace, so 400).
+        let at_limit = &big[..MAX_BODY];
+        assert_eq!(publish(None, &mut &at_limit[..], auth).status, 400);
+        let ok = br#"{"channel":"news","data":1}"#;
+        assert_eq!(publish(None, &mut &ok[..], auth).status, 200);
     }
 
     #[test]
     fn readyz_follows_the_drain_flag() {
         let v = view();
-        assert_eq!(dispatch(&v, None, "GET", "/readyz", None).status, 200);
+        assert_eq!(request(&v, None, "GET", "/readyz", None).status, 200);
         v.draining.store(true, Ordering::SeqCst);
-        let r = dispatch(&v, None, "GET", "/readyz", None);
+        let r = request(&v, None, "GET", "/readyz", None);
         assert_eq!(r.status, 503);
         assert!(r.body.contains("draining"));
-    }
-
-    #[test]
-    fn refuses_a_public_address_without_a_key() {
-        let e = start("0.0.0.0:0".parse().unwrap(), None, view()).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-    }
-
-    #[test]
-    fn starts_serves_and_stops() {
-        use std::io::{Read, Write};
-        let api = start("127.0.0.1:0".parse().unwrap(), None, view()).unwrap();
-        let mut s = std::net::TcpStream::connect(api.local_addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(text.ends_with("ok\n"), "{text}");
-        let addr = api.local_addr();
-        api.stop();
-        // The socket closes once tiny_http's accept thread wakes; wait for that, boundedly.
-        let end = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(addr).is_ok() {
-            assert!(Instant::now() < end, "still listening after stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }

@@ -1,14 +1,17 @@
 //! The admin HTTP API over real sockets: health and readiness probes, `/metrics` read by a
 //! strict Prometheus text parser and checked against real WebSocket traffic, `/stats` JSON,
-//! the API key, 404/405, and the `serve` flags that start it.
+//! `POST /publish` reaching real subscribers and `GET /channels` counting them, the API key,
+//! 400/404/405/409/413, and the `serve` flags that start it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
-use starling::api::{self, ApiServer, ApiView};
-use starling::config::Config;
+use serde_json::{json, Value};
+use starling::api::{self, ApiServer, ApiView, MAX_BODY};
+use starling::config::{App, Config};
 use starling::metrics::CloseReason;
 use starling::shard::Server;
 use tungstenite::Message;
@@ -18,13 +21,13 @@ use crate::util::{self, wait_until, ws, PATIENCE};
 
 /// A server plus its admin API, both stopped when dropped.
 struct Admin {
-    server: Option<Server>,
+    server: Option<Arc<Server>>,
     api: Option<ApiServer>,
 }
 
 impl Admin {
     fn start(config: Config, key: Option<&str>) -> Admin {
-        let server = Server::start(config).expect("server starts on a free port");
+        let server = Arc::new(Server::start(config).expect("server starts on a free port"));
         let view = ApiView::of(&server, Instant::now());
         let addr = "127.0.0.1:0".parse().unwrap();
         let api = api::start(addr, key.map(str::to_owned), view).expect("api starts");
@@ -45,16 +48,29 @@ impl Admin {
     fn get(&self, path: &str) -> Resp {
         request(self.api_addr(), "GET", path, &[])
     }
+
+    /// `POST /publish` with `body`, the key `k` if `key` is set.
+    fn publish(&self, key: bool, body: &str) -> Resp {
+        let auth: &[(&str, &str)] = if key {
+            &[("Authorization", "Bearer k")]
+        } else {
+            &[]
+        };
+        request_with_body(self.api_addr(), "POST", "/publish", auth, body.as_bytes())
+    }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
+        // The API first: it holds the other reference to the server.
         if let Some(api) = self.api.take() {
             api.stop();
         }
         if let Some(s) = self.server.take() {
             s.shutdown();
-            s.join();
+            if let Ok(s) = Arc::try_unwrap(s) {
+                s.join();
+            }
         }
     }
 }
@@ -79,14 +95,30 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), read to EOF and parsed.
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request_with_body(addr, method, path, headers, b"")
+}
+
+/// [`request`] with a body, its `Content-Length` declared when it is not empty.
+fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect to the admin API");
     s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("response read to EOF");
     let mut hs = [httparse::EMPTY_HEADER; 32];
@@ -223,6 +255,36 @@ fn two_shards() -> Config {
         shards: 2,
         ..util::config()
     }
+}
+
+/// The channel protocol on two shards, so channels have owners other than a client's shard.
+fn hub() -> Config {
+    Config {
+        app: App::Hub,
+        ..two_shards()
+    }
+}
+
+/// A client subscribed to each of `channels` (each subscription acknowledged).
+fn subscriber(addr: SocketAddr, channels: &[&str]) -> ws::Ws {
+    let mut c = ws::connect(addr);
+    for (id, ch) in channels.iter().enumerate() {
+        let cmd = json!({"op": "subscribe", "id": id + 1, "channel": ch});
+        c.send(Message::text(cmd.to_string()))
+            .expect("send subscribe");
+        let reply = json_of(&ws::next_data(&mut c));
+        assert_eq!(reply["id"], id + 1, "{reply}");
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    c
+}
+
+fn json_of(m: &Message) -> Value {
+    serde_json::from_str(m.to_text().expect("text")).expect("JSON")
+}
+
+fn text_of(m: Message) -> String {
+    m.into_text().expect("text message").to_string()
 }
 
 #[test]
@@ -448,4 +510,129 @@ fn public_api_address_without_a_key_exits_2() {
     assert!(out.contains("api_listen"), "{out}");
     let (status, out) = run(&["serve", "--api-listen", "127.0.0.1:0", "--no-api"]);
     assert_eq!(status.code(), Some(2), "conflicting flags: {out}");
+}
+
+#[test]
+fn publish_reaches_a_subscriber_with_the_exact_data() {
+    let a = Admin::start(hub(), Some("k"));
+    let mut sub = subscriber(a.ws_addr(), &["news"]);
+    // Spacing, number spellings and escapes a re-encoding would change.
+    let data = r#"{"title": "Hello",  "n":[1.0, 2e3, -0], "s":"caf\u00e9 \"x\""}"#;
+    let r = a.publish(true, &format!(r#"{{"channel":"news","data":{data}}}"#));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        v,
+        json!({"ok": true, "results": [{"channel": "news", "seq": 1}]})
+    );
+    let got = text_of(ws::next_data(&mut sub));
+    assert_eq!(got, format!(r#"{{"ch":"news","seq":1,"data":{data}}}"#));
+}
+
+#[test]
+fn publish_to_two_channels_reaches_both() {
+    let a = Admin::start(hub(), Some("k"));
+    let mut both = subscriber(a.ws_addr(), &["a", "b"]);
+    let mut only_b = subscriber(a.ws_addr(), &["b"]);
+    let r = a.publish(true, r#"{"channels":["a","b","no way"],"data":[1, "two"]}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["ok"], false, "one channel name is invalid: {v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0], json!({"channel": "a", "seq": 1}));
+    assert_eq!(results[1], json!({"channel": "b", "seq": 1}));
+    assert_eq!(results[2]["channel"], "no way");
+    assert_eq!(results[2]["error"], "bad_channel");
+    let mut seen: Vec<String> = (0..2).map(|_| text_of(ws::next_data(&mut both))).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            r#"{"ch":"a","seq":1,"data":[1, "two"]}"#,
+            r#"{"ch":"b","seq":1,"data":[1, "two"]}"#,
+        ]
+    );
+    let got = text_of(ws::next_data(&mut only_b));
+    assert_eq!(got, r#"{"ch":"b","seq":1,"data":[1, "two"]}"#);
+}
+
+#[test]
+fn channels_lists_subscriber_counts_by_name() {
+    let a = Admin::start(hub(), Some("k"));
+    let auth = [("Authorization", "Bearer k")];
+    let r = request(a.api_addr(), "GET", "/channels", &auth);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap(),
+        json!({"channels": []})
+    );
+    // Four clients, on whichever shards the kernel hands them to: counts are summed.
+    let _subs: Vec<ws::Ws> = [&["news", "alerts"][..], &["news"], &["news"], &["zeta"]]
+        .iter()
+        .map(|chs| subscriber(a.ws_addr(), chs))
+        .collect();
+    let r = request(a.api_addr(), "GET", "/channels", &auth);
+    assert_eq!(r.status, 200, "{r:?}");
+    let want = json!({"channels": [
+        {"name": "alerts", "subscribers": 1},
+        {"name": "news", "subscribers": 3},
+        {"name": "zeta", "subscribers": 1},
+    ]});
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), want);
+}
+
+#[test]
+fn publish_and_channels_need_the_key() {
+    let a = Admin::start(hub(), Some("k"));
+    let mut sub = subscriber(a.ws_addr(), &["news"]);
+    let r = a.publish(false, r#"{"channel":"news","data":"unauthorized"}"#);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("WWW-Authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(a.get("/channels").status, 401);
+    // Nothing was published: the next delivery is the authorized one, with seq 1.
+    assert_eq!(
+        a.publish(true, r#"{"channel":"news","data":"ok"}"#).status,
+        200
+    );
+    let got = text_of(ws::next_data(&mut sub));
+    assert_eq!(got, r#"{"ch":"news","seq":1,"data":"ok"}"#);
+}
+
+#[test]
+fn publish_refusals_have_their_status() {
+    let a = Admin::start(hub(), Some("k"));
+    for body in ["{\"channel\": \"news\", ", "[1]", r#"{"channel":"news"}"#] {
+        let r = a.publish(true, body);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        let v: Value = serde_json::from_str(&r.body).expect("JSON error body");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    // Over 1 MiB: 413 (the data would be a valid JSON string).
+    let big = format!(r#"{{"channel":"news","data":"{}"}}"#, "x".repeat(MAX_BODY));
+    let r = a.publish(true, &big);
+    assert_eq!(r.status, 413, "{}", r.status);
+    // GET on a POST route: 405 naming the method it takes.
+    let r = request(
+        a.api_addr(),
+        "GET",
+        "/publish",
+        &[("Authorization", "Bearer k")],
+    );
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.header("Allow"), Some("POST"));
+    // Once draining, publishes are refused.
+    a.server.as_ref().unwrap().drain();
+    let r = a.publish(true, r#"{"channel":"news","data":1}"#);
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+#[test]
+fn publish_to_an_echo_server_is_409() {
+    let a = Admin::start(util::config(), Some("k"));
+    let r = a.publish(true, r#"{"channel":"news","data":1}"#);
+    assert_eq!(r.status, 409, "{r:?}");
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["status"], 409);
+    assert!(v["error"].as_str().unwrap().contains("hub"), "{v}");
 }
