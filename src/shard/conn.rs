@@ -112,7 +112,7 @@ pub struct Conn {
     pub timer: TimerKind,
     /// Pings unanswered in a row.
     pub missed_pongs: u8,
-    /// [`flags`] bits.
+    /// Bits from the `flags` module below.
     pub flags: u8,
     /// Why the connection is ending (a `CloseReason` index), set when the close starts.
     pub reason: u8,
