@@ -16,9 +16,10 @@ pub enum Scenario {
     /// Closed loop: each connection keeps --depth messages of --size bytes in flight (or,
     /// with --rate, an open loop at that total rate); messages/s and round-trip latency.
     Echo,
-    /// --connections subscribers plus --publishers publishers on a broadcast server; every
-    /// message carries (publisher, sequence, send time): deliveries/s, publish-to-receive
-    /// latency, gaps, duplicates and reordering per subscriber.
+    /// --connections subscribers plus --publishers publishers on a broadcast server (or,
+    /// with --mode hub, on channels of `starling serve --app hub`); every message carries
+    /// (publisher, sequence, send time): deliveries/s, publish-to-receive latency, gaps,
+    /// duplicates and reordering per subscriber.
     Fanout,
     /// Connect, handshake, close handshake, repeat (--rate cycles/s or as fast as
     /// --connections parallel cycles allow): handshake and teardown cost.
@@ -26,6 +27,18 @@ pub enum Scenario {
     /// Ramp load in steps (connections, or the per-connection message rate with
     /// --ramp rate) until p99 exceeds --p99 or errors exceed --max-error-rate.
     Capacity,
+}
+
+/// How fanout's publishers and subscribers talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A broadcast server: every message goes to every connection; the stamp is binary.
+    Raw,
+    /// The channel protocol of `starling serve --app hub`: subscribers subscribe to
+    /// channels bench.0 .. bench.{K-1} (--channels), publishers publish JSON to them in turn,
+    /// the server numbers each channel's deliveries.
+    Hub,
 }
 
 /// What `capacity` increases from step to step.
@@ -42,6 +55,7 @@ const EXAMPLES: &str = "\
 Examples:
   starling-loadgen echo ws://127.0.0.1:9001/ --connections 64 --depth 64 --size 32 --duration 10s
   starling-loadgen fanout ws://127.0.0.1:9001/ --connections 10000 --publishers 1 --rate 1000/s
+  starling-loadgen fanout ws://127.0.0.1:9001/ --mode hub --channels 4 -c 200 --publishers 2
   starling-loadgen connect ws://127.0.0.1:9001/ --connections 19000 --rate 5000/s --server-pid 1234
   starling-loadgen connect ws://127.0.0.1:9001-9004/ --connections 60000 --procs 4
   starling-loadgen churn ws://127.0.0.1:9001/ --rate 2000/s --duration 5s
@@ -81,13 +95,24 @@ pub struct Args {
     #[arg(long)]
     pub depth: Option<u32>,
 
-    /// Payload bytes per message (fanout: at least 32, which carry the stamp).
+    /// Payload bytes per message (raw fanout: at least 32, which carry the stamp; hub fanout:
+    /// the JSON stamp, padded to this length when its numbers leave room).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<usize>,
 
     /// fanout: publisher connections (extra to --connections).
     #[arg(long)]
     pub publishers: Option<u32>,
+
+    /// fanout: `raw` (a broadcast server, binary stamps) or `hub` (the channel protocol of
+    /// `starling serve --app hub`: subscribe, publish, numbered JSON deliveries).
+    #[arg(long, value_enum, default_value = "raw")]
+    pub mode: Mode,
+
+    /// fanout --mode hub: channels `bench.0 .. bench.{K-1}`; subscribers are spread over them
+    /// round-robin and each publisher takes them in turn [default: 1].
+    #[arg(long, value_name = "K")]
+    pub channels: Option<u32>,
 
     /// Stop after this many messages (echo: received; fanout: published) or cycles (churn).
     #[arg(long)]
@@ -311,5 +336,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(f.rate, Some(1000.0));
+        assert_eq!((f.mode, f.channels), (Mode::Raw, None));
+        let h = Args::try_parse_from([
+            "starling-loadgen",
+            "fanout",
+            "ws://127.0.0.1:9001/",
+            "--mode",
+            "hub",
+            "--channels",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((h.mode, h.channels), (Mode::Hub, Some(4)));
     }
 }

@@ -95,11 +95,25 @@ pub struct Control {
     pub gauges: Vec<Gauge>,
     /// Each thread's waker, registered when its poll is built.
     pub wakers: Mutex<Vec<Arc<Waker>>>,
+    /// Hub fanout, per channel: messages published and subscribers counted when publishing
+    /// began, over every thread (empty in raw mode). Publishers add as they publish, so the
+    /// coordinator knows how many deliveries are owed before it ends the drain.
+    pub channels: Vec<ChannelGauge>,
+}
+
+/// One hub channel's totals so far, in one process.
+#[derive(Debug, Default)]
+pub struct ChannelGauge {
+    /// Messages published to it.
+    pub published: AtomicU64,
+    /// Subscribers it had when publishing began.
+    pub subscribers: AtomicU64,
 }
 
 impl Control {
-    /// Control for `threads` threads, in the Ramp phase.
-    pub fn new(threads: usize) -> Control {
+    /// Control for `threads` threads and `channels` hub channels (0 in raw mode), in the
+    /// Ramp phase.
+    pub fn new(threads: usize, channels: usize) -> Control {
         Control {
             phase: AtomicU8::new(Phase::Ramp as u8),
             stop: AtomicBool::new(false),
@@ -108,7 +122,19 @@ impl Control {
             step: AtomicU32::new(0),
             gauges: (0..threads).map(|_| Gauge::default()).collect(),
             wakers: Mutex::new(Vec::new()),
+            channels: (0..channels).map(|_| ChannelGauge::default()).collect(),
         }
+    }
+
+    /// Hub fanout: deliveries owed so far (each message published to a channel, once to each
+    /// of its subscribers); `None` in raw mode.
+    pub fn hub_expected(&self) -> Option<u64> {
+        (!self.channels.is_empty()).then(|| {
+            self.channels
+                .iter()
+                .map(|c| c.published.load(Relaxed) * c.subscribers.load(Relaxed))
+                .sum()
+        })
     }
 
     /// The current phase.

@@ -12,6 +12,7 @@ mod client;
 mod clock;
 mod control;
 mod env;
+mod hub;
 mod inflight;
 mod plan;
 mod plot;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{self, Endpoints};
-use crate::cli::{Args, Ramp, Scenario};
+use crate::cli::{Args, Mode, Ramp, Scenario};
 
 /// Bytes at the start of every fanout payload: magic, publisher id, sequence, two stamps.
 pub const STAMP_LEN: usize = 32;
@@ -54,6 +54,10 @@ pub struct Plan {
     pub connections: u64,
     /// Fanout publishers (extra connections), all processes together.
     pub publishers: u64,
+    /// Fanout: how publishers and subscribers talk to the server.
+    pub mode: Mode,
+    /// Hub fanout: channels (1 in raw mode: a broadcast server is one channel).
+    pub channels: u32,
     /// Scenario rate per second (see `--rate`), all processes together.
     pub rate: Option<f64>,
     /// Measured phase (connect: hold time).
@@ -140,7 +144,25 @@ impl Plan {
         if s == Scenario::Fanout && publishers == 0 {
             return Err("fanout needs at least one publisher (--publishers)".into());
         }
-        if s == Scenario::Fanout && size < STAMP_LEN {
+        let hub = a.mode == Mode::Hub;
+        if hub && s != Scenario::Fanout {
+            return Err("--mode hub applies to fanout only".into());
+        }
+        if a.channels.is_some() && !hub {
+            return Err("--channels needs --mode hub (a broadcast server has one channel)".into());
+        }
+        let channels = a.channels.unwrap_or(1);
+        if channels == 0 {
+            return Err("--channels must be at least 1".into());
+        }
+        if u64::from(channels) > connections {
+            return Err(format!(
+                "--channels {channels} is more than the {connections} subscribers: every \
+                 channel needs at least one"
+            ));
+        }
+        // A hub stamp is JSON whose numbers take what they take: --size pads it, no minimum.
+        if s == Scenario::Fanout && !hub && size < STAMP_LEN {
             return Err(format!(
                 "fanout needs --size of at least {STAMP_LEN}: every message carries its \
                  publisher, sequence number and send time"
@@ -210,6 +232,8 @@ impl Plan {
             protocols: a.protocols.clone(),
             connections,
             publishers,
+            mode: a.mode,
+            channels,
             rate: a.rate,
             duration: a.duration.unwrap_or(Duration::from_secs(10)),
             depth,
@@ -406,6 +430,71 @@ mod tests {
         let e = plan(&["echo", "ws://127.0.0.1:9/", "-H", "bad header"]).unwrap_err();
         assert!(e.contains("--header"), "{e}");
         assert!(plan(&["connect", "ws://127.0.0.1:9/", "--depth", "3"]).is_err());
+    }
+
+    #[test]
+    fn hub_mode() {
+        let p = plan(&[
+            "fanout",
+            "ws://127.0.0.1:9/",
+            "--mode",
+            "hub",
+            "-c",
+            "8",
+            "--channels",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((p.mode, p.channels), (Mode::Hub, 4));
+        let small = plan(&[
+            "fanout",
+            "ws://127.0.0.1:9/",
+            "--mode",
+            "hub",
+            "--size",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!((small.size, small.channels), (8, 1));
+        let raw = plan(&["fanout", "ws://127.0.0.1:9/"]).unwrap();
+        assert_eq!((raw.mode, raw.channels), (Mode::Raw, 1));
+        for (args, needle) in [
+            (
+                &["echo", "ws://127.0.0.1:9/", "--mode", "hub"][..],
+                "fanout only",
+            ),
+            (
+                &["fanout", "ws://127.0.0.1:9/", "--channels", "2"],
+                "--mode hub",
+            ),
+            (
+                &[
+                    "fanout",
+                    "ws://127.0.0.1:9/",
+                    "--mode",
+                    "hub",
+                    "--channels",
+                    "0",
+                ],
+                "at least 1",
+            ),
+            (
+                &[
+                    "fanout",
+                    "ws://127.0.0.1:9/",
+                    "--mode",
+                    "hub",
+                    "-c",
+                    "3",
+                    "--channels",
+                    "4",
+                ],
+                "every channel",
+            ),
+        ] {
+            let e = plan(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::share;
-use crate::cli::{Ramp, Scenario};
+use crate::cli::{Mode, Ramp, Scenario};
 use crate::clock::{now_ns, ns};
 use crate::control::{Control, Phase};
 use crate::env::{CpuSnapshot, CpuUse, Density, MemSnapshot};
@@ -121,7 +121,11 @@ pub fn run(plan: Arc<Plan>, gate: &mut dyn Gate, stop: &AtomicBool) -> std::io::
     let (cstart, ccount) = share(plan.connections, pn, pi);
     let (pstart, pcount) = share(plan.publishers, pn, pi);
     let threads = (plan.threads as u64).min((ccount + pcount).max(1)) as usize;
-    let ctl = Arc::new(Control::new(threads));
+    let hub_channels = match plan.mode {
+        Mode::Hub => plan.channels as usize,
+        Mode::Raw => 0,
+    };
+    let ctl = Arc::new(Control::new(threads, hub_channels));
     let (tx, rx) = crossbeam_channel::unbounded::<Tick>();
     let mut handles = Vec::new();
     for t in 0..threads {
@@ -217,7 +221,8 @@ pub fn run(plan: Arc<Plan>, gate: &mut dyn Gate, stop: &AtomicBool) -> std::io::
         let all_in = if plan.scenario != Scenario::Fanout {
             true
         } else if pn == 1 {
-            s.unique_deliveries >= s.published * s.subscribers
+            let owed = ctl.hub_expected().unwrap_or(s.published * s.subscribers);
+            s.unique_deliveries >= owed
         } else {
             // Publishers may live in another process: done when deliveries stop.
             if s.unique_deliveries != quiet.1 {

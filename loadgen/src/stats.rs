@@ -138,7 +138,9 @@ pub struct Counters {
     pub bytes_sent: u64,
     /// Bytes read from sockets.
     pub bytes_received: u64,
-    /// Echo: a message that is not the one sent.
+    /// Echo: a message that is not the one sent. Hub fanout: a delivery on a channel other
+    /// than the subscriber's, or whose data is not the stamp that was published (not a
+    /// stamp, the wrong length, or a message of another channel).
     pub mismatches: u64,
     /// A frame stream the decoder rejected (RFC 6455 violation by the server).
     pub protocol_errors: u64,
@@ -172,6 +174,18 @@ pub struct Counters {
     pub subscribers_at_start: u64,
     /// Handshakes still in flight when the run ended (neither success nor failure).
     pub abandoned: u64,
+    /// Hub fanout: publishes answered `ok` with a sequence number.
+    pub hub_acks: u64,
+    /// Hub fanout: publishes answered with an error (or without a sequence number).
+    pub hub_publish_errors: u64,
+    /// Hub fanout: subscribes answered with an error (or without a sequence number).
+    pub hub_subscribe_errors: u64,
+    /// Hub fanout, checked on each publisher's own numbers: skipped.
+    pub hub_pub_gaps: u64,
+    /// Hub fanout, on each publisher's own numbers: received twice.
+    pub hub_pub_duplicates: u64,
+    /// Hub fanout, on each publisher's own numbers: received after a later one.
+    pub hub_pub_reordered: u64,
     /// read(2) calls.
     pub reads: u64,
     /// write(2) calls.
@@ -212,10 +226,60 @@ impl Counters {
             cycles,
             subscribers_at_start,
             abandoned,
+            hub_acks,
+            hub_publish_errors,
+            hub_subscribe_errors,
+            hub_pub_gaps,
+            hub_pub_duplicates,
+            hub_pub_reordered,
             reads,
             writes,
             polls
         );
+    }
+}
+
+/// Hub fanout, per channel: what was published to it and who listened. Expected deliveries
+/// are the sum over channels of the product, so they cannot be worked out from totals.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerChannel {
+    /// Messages published to channel i.
+    pub published: Vec<u64>,
+    /// Subscribers of channel i open (and subscribed) when publishing began.
+    pub subscribers: Vec<u64>,
+}
+
+impl PerChannel {
+    /// Zeroed counts for `channels` channels (empty in raw mode).
+    pub fn new(channels: usize) -> PerChannel {
+        PerChannel {
+            published: vec![0; channels],
+            subscribers: vec![0; channels],
+        }
+    }
+
+    /// Adds another record (element by element; the longer length wins).
+    pub fn merge(&mut self, o: &PerChannel) {
+        for (mine, theirs) in [
+            (&mut self.published, &o.published),
+            (&mut self.subscribers, &o.subscribers),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+    }
+
+    /// Deliveries owed: each message published to a channel, to each of its subscribers.
+    pub fn expected(&self) -> u64 {
+        self.published
+            .iter()
+            .zip(&self.subscribers)
+            .map(|(p, s)| p * s)
+            .sum()
     }
 }
 
@@ -224,6 +288,8 @@ impl Counters {
 pub struct Stats {
     /// Counters.
     pub c: Counters,
+    /// Hub fanout: per-channel counts.
+    pub channels: PerChannel,
     /// Connection failures by cause.
     pub failures: Failures,
     /// Message latency: echo round trip, fanout publish-to-receive.
@@ -240,6 +306,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             c: Counters::default(),
+            channels: PerChannel::default(),
             failures: Failures::default(),
             latency: new_histogram(),
             handshake: new_histogram(),
@@ -259,6 +326,7 @@ impl Stats {
     /// Adds another record into this one.
     pub fn merge(&mut self, o: &Stats) {
         self.c.merge(&o.c);
+        self.channels.merge(&o.channels);
         self.failures.merge(&o.failures);
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&o.latency);
@@ -267,20 +335,28 @@ impl Stats {
         let _ = self.teardown.add(&o.teardown);
     }
 
-    /// Errors that make a run fail: connection failures, protocol errors, wrong echoes,
-    /// connections lost or closed by the server while in use.
+    /// Errors that make a run fail: connection failures, protocol errors, wrong echoes or
+    /// deliveries, connections lost or closed by the server while in use, hub commands the
+    /// server refused.
     pub fn errors(&self) -> u64 {
         self.failures.total()
             + self.c.protocol_errors
             + self.c.mismatches
             + self.c.closed_by_server
             + self.c.dropped
+            + self.hub_errors()
+    }
+
+    /// Hub commands the server answered with an error.
+    pub fn hub_errors(&self) -> u64 {
+        self.c.hub_publish_errors + self.c.hub_subscribe_errors
     }
 
     /// The serialisable form, for a child process to hand its record to the parent.
     pub fn to_wire(&self) -> WireStats {
         WireStats {
             counters: self.c.clone(),
+            channels: self.channels.clone(),
             failures: self.failures.clone(),
             latency: hist_to_b64(&self.latency),
             handshake: hist_to_b64(&self.handshake),
@@ -293,6 +369,7 @@ impl Stats {
     pub fn from_wire(w: &WireStats) -> Result<Stats, String> {
         Ok(Stats {
             c: w.counters.clone(),
+            channels: w.channels.clone(),
             failures: w.failures.clone(),
             latency: hist_from_b64(&w.latency)?,
             handshake: hist_from_b64(&w.handshake)?,
@@ -308,6 +385,9 @@ impl Stats {
 pub struct WireStats {
     /// Counters.
     pub counters: Counters,
+    /// Hub fanout: per-channel counts.
+    #[serde(default)]
+    pub channels: PerChannel,
     /// Failures.
     pub failures: Failures,
     /// Message latency.
@@ -371,6 +451,10 @@ mod tests {
     fn wire_round_trip_keeps_every_count() {
         let mut s = Stats::default();
         s.c.messages_sent = 5;
+        s.channels = PerChannel {
+            published: vec![3, 4],
+            subscribers: vec![10, 20],
+        };
         s.failures.http_status.insert(404, 1);
         for v in [1u64, 900, 50_000, 7_000_000, MAX_LATENCY_NS * 2] {
             record(&mut s.latency, v, 3);
@@ -378,6 +462,7 @@ mod tests {
         let json = serde_json::to_string(&s.to_wire()).unwrap();
         let back = Stats::from_wire(&serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(back.c, s.c);
+        assert_eq!(back.channels.expected(), 110);
         assert_eq!(back.failures, s.failures);
         assert_eq!(back.latency, s.latency);
         assert_eq!(back.latency.len(), 15);
@@ -386,6 +471,7 @@ mod tests {
         m.merge(&s);
         assert_eq!(m.latency.len(), 30);
         assert_eq!(m.c.messages_sent, 10);
+        assert_eq!(m.channels.expected(), 440);
         assert_eq!(m.errors(), 2);
     }
 }

@@ -168,7 +168,45 @@ pub struct SeqTrack {
     seen: u64,
 }
 
+/// Gaps, duplicates and reorderings of one kind of sequence, as [`Tally::count`] adds
+/// them up.
+#[derive(Debug)]
+pub struct Tally<'a> {
+    /// Numbers skipped and (so far) never received late.
+    pub gaps: &'a mut u64,
+    /// Numbers received twice.
+    pub duplicates: &'a mut u64,
+    /// Numbers received after a later one.
+    pub reordered: &'a mut u64,
+}
+
+impl Tally<'_> {
+    /// Adds one arrival: a late one turns a gap into a reordering.
+    pub fn count(&mut self, a: Arrival) {
+        match a {
+            Arrival::InOrder => {}
+            Arrival::Gap(k) => *self.gaps += k,
+            Arrival::Late => {
+                *self.gaps -= 1;
+                *self.reordered += 1;
+            }
+            Arrival::Duplicate => *self.duplicates += 1,
+            Arrival::TooOld => *self.reordered += 1,
+        }
+    }
+}
+
 impl SeqTrack {
+    /// A stream whose first number is `next` (a hub channel starts after the sequence number
+    /// the subscribe reply gave). What came before counts as already received, so the
+    /// server sending it again reads as a duplicate.
+    pub fn starting_at(next: u64) -> SeqTrack {
+        SeqTrack {
+            next,
+            seen: u64::MAX,
+        }
+    }
+
     /// Classifies `seq` and remembers it. Every subscriber is open before the first publish,
     /// so the stream must start at 0: a first `seq` above 0 is a gap too.
     pub fn arrive(&mut self, seq: u64) -> Arrival {
@@ -240,6 +278,26 @@ mod tests {
         assert_eq!(t.arrive(199), Arrival::Late);
         let mut first = SeqTrack::default();
         assert_eq!(first.arrive(5), Arrival::Gap(5));
+        let mut after = SeqTrack::starting_at(42);
+        assert_eq!(after.arrive(42), Arrival::InOrder);
+        assert_eq!(after.arrive(44), Arrival::Gap(1));
+        assert_eq!(after.arrive(43), Arrival::Late);
+        assert_eq!(after.arrive(41), Arrival::Duplicate);
+    }
+
+    #[test]
+    fn tally_turns_late_gaps_into_reorderings() {
+        let (mut g, mut d, mut r) = (0, 0, 0);
+        let mut t = Tally {
+            gaps: &mut g,
+            duplicates: &mut d,
+            reordered: &mut r,
+        };
+        let mut s = SeqTrack::default();
+        for n in [0, 3, 1, 1, 5] {
+            t.count(s.arrive(n));
+        }
+        assert_eq!((g, d, r), (2, 1, 1));
     }
 
     #[test]

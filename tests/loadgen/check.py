@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Runs every starling-loadgen scenario briefly and asserts on its JSON.
 
-Targets: the Starling engine (target/debug/starling), and two servers nobody here wrote:
+Targets: the Starling engine (target/debug/starling; fanout both against `--app broadcast`
+and, in `--mode hub`, against `--app hub` with 2 shards, checked against the server's own
+counters from its admin API), and two servers nobody here wrote:
 Python `websockets` and Node `ws` (tests/interop/). Then the failures the load generator
 must name: a port with nothing listening (refused), a server answering 403/404 instead of
 101 (http_status:<code>), a server resetting every connection (reset), and a plan over the
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 INTEROP = os.path.join(ROOT, "tests", "interop")
@@ -93,6 +96,36 @@ def starling(bin_dir, app):
     argv = [os.path.join(bin_dir, "starling"), "serve", "--listen", f"127.0.0.1:{port}",
             "--app", app, "--shards", "1"]
     return Server(f"starling {app}", argv, port=port)
+
+
+def starling_hub(bin_dir, shards):
+    """`starling serve --app hub` with its admin API on a port of its own (for /stats)."""
+    port, api = free_port(), free_port()
+    argv = [os.path.join(bin_dir, "starling"), "serve", "--listen", f"127.0.0.1:{port}",
+            "--app", "hub", "--shards", str(shards), "--api-listen", f"127.0.0.1:{api}"]
+    s = Server(f"starling hub x{shards}", argv, port=port)
+    s.api = api
+    return s
+
+
+def server_totals(s):
+    """The server's counters summed over its shards (GET /stats)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.api}/stats", timeout=5) as r:
+        return json.load(r)["total"]
+
+
+def settled_totals(s, deadline_s=10):
+    """/stats once every connection is gone and two reads in a row agree (the shards
+    publish their counters a little after the fact)."""
+    deadline = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < deadline:
+        t = server_totals(s)
+        if t["open"] == 0 and t == last:
+            return t
+        last = t
+        time.sleep(0.2)
+    raise AssertionError(f"server counters did not settle: {last}")
 
 
 def py_server(app):
@@ -168,10 +201,12 @@ def echo_counts_add_up(r):
     at_least("messages_per_sec", r["messages_per_sec"], 1)
 
 
-def fanout_counts_add_up(r, subscribers):
+def fanout_counts_add_up(r, subscribers, per_channel=None):
+    """per_channel: subscribers on each channel (hub mode; all of them otherwise)."""
     eq("subscribers", r["subscribers"], subscribers)
     at_least("published", r["published"], 1)
-    eq("expected_deliveries", r["expected_deliveries"], r["published"] * subscribers)
+    eq("expected_deliveries", r["expected_deliveries"],
+       r["published"] * (per_channel or subscribers))
     eq("deliveries", r["deliveries"], r["expected_deliveries"])
     for k in ("gaps", "duplicates", "reordered", "missing", "foreign"):
         eq(k, r[k], 0)
@@ -293,6 +328,9 @@ def main():
                           "--size", "64", "--duration", "1s"])
             clean(r, 52)
             fanout_counts_add_up(r, 50)
+            eq("mode", r["mode"], "raw")
+            eq("channels", r["channels"], 1)
+            eq("no hub figures", "hub" in r, False)
             if not 400 <= r["published"] <= 600:
                 raise AssertionError(f"~500 published expected, got {r['published']}")
         c.case("starling fanout", fanout)
@@ -303,6 +341,61 @@ def main():
             clean(r, 22)
             fanout_counts_add_up(r, 20)
         c.case("starling fanout --procs 2", fanout_procs)
+
+    with starling_hub(args.bin, 2) as s:
+        def fanout_hub():
+            before = settled_totals(s)
+            r, _ = c.run(["fanout", s.url(), "--mode", "hub", "--channels", "4", "-c", "200",
+                          "--publishers", "2", "--rate", "1000/s", "--size", "64",
+                          "--duration", "2s"])
+            clean(r, 202)
+            eq("mode", r["mode"], "hub")
+            eq("channels", r["channels"], 4)
+            # 200 subscribers round-robin over 4 channels: 50 each, and every message of a
+            # channel reaches each of its 50.
+            eq("subscribers per channel", r["hub"]["subscribers_per_channel"], [50, 50])
+            fanout_counts_add_up(r, 200, per_channel=50)
+            if not 1600 <= r["published"] <= 2400:
+                raise AssertionError(f"~2000 published expected, got {r['published']}")
+            h = r["hub"]
+            eq("publish acks", h["publish_acks"], r["published"])
+            for k in ("publish_errors", "subscribe_errors", "publisher_gaps",
+                      "publisher_duplicates", "publisher_reordered"):
+                eq(f"hub.{k}", h[k], 0)
+            eq("error_kinds.hub_errors", r["error_kinds"]["hub_errors"], 0)
+            at_least("cpu_ns_per_delivery", r["cpu_ns_per_delivery"], 1)
+            # The server saw exactly this run: one subscribe per subscriber and one publish
+            # per message in; one reply per command plus the deliveries out; every
+            # connection upgraded and closed normally; nothing else moved.
+            after = settled_totals(s)
+            d = {k: after[k] - before[k] for k in after if isinstance(after[k], int)}
+            conns = 202
+            eq("server accepted", d["accepted"], conns)
+            eq("server upgraded", d["upgraded"], conns)
+            eq("server messages_in", d["messages_in"], 200 + r["published"])
+            eq("server messages_out", d["messages_out"],
+               200 + r["published"] + r["deliveries"])
+            eq("server closed normally", after["closed"]["normal"] - before["closed"]["normal"],
+               conns)
+            for reason, n in after["closed"].items():
+                if reason != "normal":
+                    eq(f"server closed {reason}", n - before["closed"][reason], 0)
+            for k in ("close_timeouts", "accept_emfile"):
+                eq(f"server {k}", d[k], 0)
+            eq("server subscriptions left", after["hub_subscriptions"], 0)
+        c.case("starling hub fanout --mode hub (2 shards, 4 channels)", fanout_hub)
+
+        def hub_mode_refusals():
+            # Raw stamps to a hub: each binary message is refused (1003) and the run fails,
+            # rather than measuring nothing and passing.
+            r, _ = c.run(["fanout", s.url(), "-c", "4", "--rate", "100/s", "--duration", "1s",
+                          "--drain", "500ms"], expect_exit=1)
+            eq("ok", r["ok"], False)
+            _, err = c.run(["fanout", s.url(), "--mode", "hub", "-c", "2", "--channels", "3"],
+                           expect_exit=2)
+            if "every channel" not in err:
+                raise AssertionError(f"refusal does not say why: {err}")
+        c.case("hub: raw mode fails, more channels than subscribers refused", hub_mode_refusals)
 
     for label, make in (("python websockets", py_server), ("node ws", node_server)):
         with make("echo") as s:

@@ -2,8 +2,10 @@
 //!
 //! Lifecycle: `Connecting` (non-blocking connect in progress; the upgrade request is written
 //! as soon as the socket is writable) -> `Handshaking` (request sent, reading the 101) ->
-//! `Open` (frames parsed in place by the engine's [`Decoder`] in client role; our frames are
-//! masked with a fresh key each) -> `Closing` (we sent Close, waiting for the server's) ->
+//! [`Subscribing`](State::Subscribing) (hub subscribers only: subscribe sent, waiting for
+//! the reply) -> `Open` (frames parsed in place by the engine's [`Decoder`] in client role;
+//! our frames are masked with a fresh key each) -> `Closing` (we sent Close, waiting for
+//! the server's) ->
 //! `AwaitEof` (close handshake done, waiting for the server to close TCP first, so the
 //! TIME_WAIT lands on its side as RFC 6455 §7.1.1 intends) -> dropped.
 //!
@@ -26,6 +28,9 @@ use starling::proto::frame::encode_frame_into;
 use starling::proto::handshake::{self, HandshakeError};
 use starling::proto::{CloseCode, Decoder, Event, Flow, OpCode, Role};
 
+mod send;
+
+use crate::hub::session::{on_publisher_message, HubIo, Rx, Subscription};
 use crate::inflight::Fifo;
 use crate::stats::{record, Stats};
 use crate::workload::{read_stamp, same, Arrival, SeqTrack};
@@ -40,6 +45,9 @@ pub enum State {
     Connecting,
     /// Request written; waiting for the 101.
     Handshaking,
+    /// Hub subscriber: upgraded, subscribe sent, waiting for the reply. Still pending: it
+    /// counts against the handshake timeout, and the ramp is not over until it is answered.
+    Subscribing,
     /// Upgraded; data flows.
     Open,
     /// We sent Close; waiting for the server's Close.
@@ -51,7 +59,10 @@ pub enum State {
 impl State {
     /// Still establishing: counts against the handshake concurrency and the timeout.
     pub fn is_pending(self) -> bool {
-        matches!(self, State::Connecting | State::Handshaking)
+        matches!(
+            self,
+            State::Connecting | State::Handshaking | State::Subscribing
+        )
     }
 }
 
@@ -91,6 +102,8 @@ pub struct Io {
     pub frames: crate::workload::FrameBatch,
     /// Global publisher count (fanout): sizes each subscriber's sequence table.
     pub publishers: u32,
+    /// `fanout --mode hub`: the channel protocol's per-thread state.
+    pub hub: Option<HubIo>,
     /// Largest message accepted.
     pub max_message: usize,
     /// Set TCP_NODELAY (anything that sends more than the request).
@@ -133,6 +146,8 @@ pub struct Conn {
     pub inflight: Fifo,
     /// Subscriber: per-publisher sequence state.
     seqs: Vec<SeqTrack>,
+    /// Hub subscriber: its channel and the server's sequence on it.
+    pub sub: Subscription,
     /// Rate-driven sender: next sequence number (publisher) / messages sent.
     pub seq: u64,
     /// Rate-driven sender: intended time of the next message.
@@ -205,6 +220,12 @@ impl Conn {
                 Part::Subscriber => vec![SeqTrack::default(); io.publishers as usize],
                 _ => Vec::new(),
             },
+            // Subscribers take turns over the channels by global index.
+            sub: Subscription::new(
+                io.hub
+                    .as_ref()
+                    .map_or(0, |h| (global % u64::from(h.channels())) as u32),
+            ),
             seq: 0,
             next_ns: 0,
             close_ns: 0,
@@ -309,6 +330,9 @@ impl Conn {
             }
             Ok(Some((_resp, consumed))) => {
                 self.state = State::Open;
+                if self.part == Part::Subscriber {
+                    self.queue_subscribe(io);
+                }
                 let s = &mut io.stats;
                 s.c.handshakes += 1;
                 record(&mut s.handshake, io.now.saturating_sub(self.started_ns), 1);
@@ -345,6 +369,7 @@ impl Conn {
             decoder,
             inflight,
             seqs,
+            sub,
             state,
             part,
             close_ns,
@@ -359,6 +384,7 @@ impl Conn {
             now,
             payload,
             measuring,
+            hub,
             ..
         } = io;
         let now = *now;
@@ -370,14 +396,28 @@ impl Conn {
                     if *measuring {
                         stats.c.measured_received += 1;
                     }
-                    match part {
-                        Part::Echo => {
+                    match (*part, &*hub) {
+                        (Part::Subscriber, Some(hub)) => {
+                            let pending = *state == State::Subscribing;
+                            let mut rx = Rx {
+                                stats,
+                                interval,
+                                now,
+                                measuring: *measuring,
+                                hub,
+                            };
+                            if sub.on_message(p, pending, seqs, &mut rx) {
+                                *state = State::Open;
+                            }
+                        }
+                        (Part::Publisher(_), Some(_)) => on_publisher_message(p, stats),
+                        (Part::Echo, _) => {
                             if !same(p, payload) || !inflight.take(now, interval) {
                                 stats.c.mismatches += 1;
                             }
                             *replies += 1;
                         }
-                        Part::Subscriber => match read_stamp(p) {
+                        (Part::Subscriber, None) => match read_stamp(p) {
                             Some(s) if (s.publisher as usize) < seqs.len() => {
                                 stats.c.deliveries += 1;
                                 if *measuring {
@@ -397,7 +437,7 @@ impl Conn {
                             }
                             _ => stats.c.foreign += 1,
                         },
-                        Part::Publisher(_) | Part::Hold => {}
+                        (Part::Publisher(_) | Part::Hold, _) => {}
                     }
                 }
                 Event::Ping(p) => {
@@ -456,7 +496,7 @@ impl Conn {
     fn on_eof(&mut self, io: &mut Io) -> Outcome {
         match self.state {
             State::Connecting | State::Handshaking => io.stats.failures.closed += 1,
-            State::Open | State::Closing => io.stats.c.dropped += 1,
+            State::Subscribing | State::Open | State::Closing => io.stats.c.dropped += 1,
             State::AwaitEof => {}
         }
         Outcome::Drop
@@ -465,102 +505,9 @@ impl Conn {
     fn on_error(&mut self, io: &mut Io, e: &io::Error) -> Outcome {
         match self.state {
             State::Connecting | State::Handshaking => io.stats.failures.count_io(e),
-            State::Open | State::Closing => io.stats.c.dropped += 1,
+            State::Subscribing | State::Open | State::Closing => io.stats.c.dropped += 1,
             State::AwaitEof => {}
         }
         Outcome::Drop
-    }
-
-    /// Writes what is queued: `io.scratch` after any older unwritten bytes. One `write` when
-    /// nothing is pending (the common case); what the socket does not take is kept and
-    /// written on the next writable event.
-    pub fn flush(&mut self, io: &mut Io) -> Outcome {
-        if self.out.is_empty() {
-            if io.scratch.is_empty() {
-                return Outcome::Keep;
-            }
-            let written = match self.write_some(io, true) {
-                Ok(n) => n,
-                Err(o) => return o,
-            };
-            if written < io.scratch.len() {
-                self.out.extend_from_slice(&io.scratch[written..]);
-            }
-            io.scratch.clear();
-            return Outcome::Keep;
-        }
-        self.out.extend_from_slice(&io.scratch);
-        io.scratch.clear();
-        match self.write_some(io, false) {
-            Ok(n) => {
-                self.out.drain(..n);
-                if self.out.is_empty() {
-                    // Give back the overflow buffer: a backlog is the exception.
-                    self.out = Vec::new();
-                }
-                Outcome::Keep
-            }
-            Err(o) => o,
-        }
-    }
-
-    /// One write of `io.scratch` (`from_scratch`) or `self.out`.
-    fn write_some(&mut self, io: &mut Io, from_scratch: bool) -> Result<usize, Outcome> {
-        let bytes = if from_scratch { &io.scratch } else { &self.out };
-        loop {
-            io.stats.c.writes += 1;
-            match self.stream.write(bytes) {
-                Ok(n) => {
-                    io.stats.c.bytes_sent += n as u64;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.on_error(io, &e)),
-            }
-        }
-    }
-
-    /// Bytes waiting for the socket.
-    pub fn backlog(&self) -> usize {
-        self.out.len()
-    }
-
-    /// Queues `n` echo messages into `io.scratch`, each masked with a fresh key, and notes
-    /// them in flight as sent at `t`.
-    pub fn queue_echo(&mut self, io: &mut Io, n: u32, t: u64) {
-        io.frames.push(&mut io.scratch, n as usize, &mut io.rng);
-        io.stats.c.messages_sent += u64::from(n);
-        self.inflight.push(t, n);
-    }
-
-    /// Queues one fanout message stamped `(publisher, seq, intended, now)` into
-    /// `io.scratch`; `io.payload` is the padded buffer the stamp is written into.
-    pub fn queue_publish(&mut self, io: &mut Io, publisher: u32, intended_ns: u64) {
-        let stamp = crate::workload::Stamp {
-            publisher,
-            seq: self.seq,
-            intended_ns,
-            sent_ns: io.now,
-        };
-        crate::workload::write_stamp(&mut io.payload, stamp);
-        let key = io.rng.next_u32().to_ne_bytes();
-        encode_frame_into(&mut io.scratch, OpCode::Binary, &io.payload, Some(key));
-        self.seq += 1;
-        io.stats.c.messages_sent += 1;
-        io.stats.c.published += 1;
-    }
-
-    /// Queues our Close (1000) and enters `Closing`.
-    pub fn queue_close(&mut self, io: &mut Io) {
-        let code = CloseCode::NORMAL.0.to_be_bytes();
-        encode_frame_into(
-            &mut io.scratch,
-            OpCode::Close,
-            &code,
-            Some(io.rng.next_u32().to_ne_bytes()),
-        );
-        self.state = State::Closing;
-        self.close_ns = io.now;
     }
 }

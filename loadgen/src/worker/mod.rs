@@ -28,12 +28,13 @@ use slab::Slab;
 use starling::proto::handshake;
 use starling::proto::OpCode;
 
-use crate::cli::Scenario;
+use crate::cli::{Mode, Scenario};
 use crate::client::{Conn, Io, Outcome, Part, State};
 use crate::clock::now_ns;
 use crate::control::{Control, Phase};
+use crate::hub::session::HubIo;
 use crate::plan::Plan;
-use crate::stats::{new_histogram, Stats};
+use crate::stats::{new_histogram, PerChannel, Stats};
 use crate::workload::{echo_payload, FrameBatch};
 
 mod schedule;
@@ -114,6 +115,7 @@ pub fn run(
         headers: &plan.headers,
     };
     let payload = echo_payload(plan.size);
+    let hub_channels = ctl.channels.len();
     let opcode = if plan.text {
         OpCode::Text
     } else {
@@ -128,13 +130,17 @@ pub fn run(
         io: Io {
             buf: vec![0; READ_BUF],
             scratch: Vec::with_capacity(READ_BUF),
-            stats: Stats::default(),
+            stats: Stats {
+                channels: PerChannel::new(hub_channels),
+                ..Stats::default()
+            },
             interval: new_histogram(),
             rng: rand::rngs::StdRng::from_entropy(),
             now: now_ns(),
             frames: FrameBatch::new(opcode, &payload),
             payload,
             publishers: plan.publishers as u32,
+            hub: (plan.mode == Mode::Hub).then(|| HubIo::new(plan.channels, plan.size)),
             max_message: plan.max_message,
             nodelay: matches!(
                 plan.scenario,
@@ -266,8 +272,15 @@ impl Worker<'_> {
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for key in keys {
                     let c = &self.conns[key];
-                    if c.part == Part::Subscriber && c.state == State::Open {
+                    // A hub subscriber counts once the server has said yes.
+                    let subscribed = self.io.hub.is_none() || c.sub.live;
+                    if c.part == Part::Subscriber && c.state == State::Open && subscribed {
                         self.io.stats.c.subscribers_at_start += 1;
+                        let ch = c.sub.channel as usize;
+                        if let Some(n) = self.io.stats.channels.subscribers.get_mut(ch) {
+                            *n += 1;
+                            self.ctl.channels[ch].subscribers.fetch_add(1, Relaxed);
+                        }
                     }
                     self.start_sending(key, now);
                 }
@@ -279,7 +292,7 @@ impl Worker<'_> {
                 for key in keys {
                     let c = &mut self.conns[key];
                     match c.state {
-                        State::Connecting | State::Handshaking => {
+                        State::Connecting | State::Handshaking | State::Subscribing => {
                             self.io.stats.c.abandoned += 1;
                             self.remove(key);
                         }
@@ -406,7 +419,9 @@ impl Worker<'_> {
         for key in keys {
             match self.conns[key].state {
                 State::Closing => self.io.stats.c.close_timeouts += 1,
-                State::Connecting | State::Handshaking => self.io.stats.c.abandoned += 1,
+                State::Connecting | State::Handshaking | State::Subscribing => {
+                    self.io.stats.c.abandoned += 1
+                }
                 _ => {}
             }
             self.remove(key);
@@ -437,6 +452,10 @@ impl Worker<'_> {
         let echo = matches!(self.plan.scenario, Scenario::Echo | Scenario::Capacity);
         let inflight = if echo {
             c.messages_sent.saturating_sub(c.messages_received)
+        } else if self.io.hub.is_some() {
+            // Hub publishes in flight: not answered yet.
+            c.published
+                .saturating_sub(c.hub_acks + c.hub_publish_errors)
         } else {
             0
         };

@@ -13,7 +13,7 @@ use super::{write_request, Worker, ASAP_BATCH, CATCH_UP, MAX_SLEEP_NS};
 use crate::cli::Scenario;
 use crate::client::{Conn, Outcome, Part, State};
 use crate::clock::{now_ns, ns};
-use crate::control::Phase;
+use crate::control::{Control, Phase};
 
 /// Connections started per pass at most, so a fast ramp still services the ones opened.
 const OPENS_PER_PASS: usize = 256;
@@ -195,7 +195,10 @@ impl Worker<'_> {
             let mut n = 0;
             while c.next_ns <= now && n < CATCH_UP && take_budget(&mut self.budget, 1) == 1 {
                 match c.part {
-                    Part::Publisher(id) => c.queue_publish(&mut self.io, id, c.next_ns),
+                    Part::Publisher(id) => {
+                        let channel = c.queue_publish(&mut self.io, id, c.next_ns);
+                        count_publish(self.ctl, channel);
+                    }
                     _ => c.queue_echo(&mut self.io, 1, c.next_ns),
                 }
                 c.next_ns += interval;
@@ -224,7 +227,8 @@ impl Worker<'_> {
             }
             let n = take_budget(&mut self.budget, u64::from(ASAP_BATCH));
             for _ in 0..n {
-                c.queue_publish(&mut self.io, id, now);
+                let channel = c.queue_publish(&mut self.io, id, now);
+                count_publish(self.ctl, channel);
             }
             wrote |= n > 0;
             if c.flush(&mut self.io) == Outcome::Drop {
@@ -285,6 +289,13 @@ impl Worker<'_> {
         }
         at = at.min(self.close_deadline).min(self.next_tick);
         at.saturating_sub(now)
+    }
+}
+
+/// Hub fanout: one more message owed to every subscriber of `channel`.
+fn count_publish(ctl: &Control, channel: Option<u32>) {
+    if let Some(g) = channel.and_then(|c| ctl.channels.get(c as usize)) {
+        g.published.fetch_add(1, Relaxed);
     }
 }
 

@@ -5,16 +5,17 @@
 //! views of the same struct, so they never disagree. Latencies are microseconds with one
 //! decimal; rates are per second of the measured phase.
 
+mod text;
+
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::Scenario;
+use crate::cli::{Mode, Scenario};
 use crate::env::{CpuUse, Density, Environment};
 use crate::plan::Plan;
-use crate::progress::{human, Sample};
+use crate::progress::Sample;
 use crate::run::{Output, StepResult, Timing};
 use crate::stats::hist_to_b64;
 
@@ -88,6 +89,29 @@ pub struct ErrorKinds {
     pub closed_by_server: u64,
     /// Open connections lost without a close handshake.
     pub dropped: u64,
+    /// Hub fanout: subscribes and publishes the server answered with an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_errors: Option<u64>,
+}
+
+/// Hub fanout: the protocol's own figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hub {
+    /// Publishes answered `ok` with a sequence number (every publish must be).
+    pub publish_acks: u64,
+    /// Publishes answered with an error.
+    pub publish_errors: u64,
+    /// Subscribes answered with an error.
+    pub subscribe_errors: u64,
+    /// On each publisher's own sequence numbers (the top-level `gaps`, `duplicates` and
+    /// `reordered` are on the server's per-channel numbers): skipped.
+    pub publisher_gaps: u64,
+    /// Received twice, by publisher numbers.
+    pub publisher_duplicates: u64,
+    /// Received after a later one of the same publisher.
+    pub publisher_reordered: u64,
+    /// Fewest and most subscribers on one channel when publishing began.
+    pub subscribers_per_channel: (u64, u64),
 }
 
 /// System calls made by the event loops.
@@ -138,6 +162,11 @@ pub struct Report {
     pub connections_planned: u64,
     /// Fanout publishers.
     pub publishers: u64,
+    /// How fanout talked to the server: `raw` or `hub` (other scenarios: `raw`).
+    pub mode: Mode,
+    /// Fanout: channels (raw: 1, a broadcast server being one channel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u32>,
     /// Payload bytes.
     pub size: usize,
     /// Echo depth.
@@ -216,9 +245,17 @@ pub struct Report {
     /// Fanout: messages received after a later one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reordered: Option<u64>,
-    /// Fanout: data messages without our stamp.
+    /// Fanout: data messages without our stamp (hub: messages that are neither a delivery
+    /// of the subscriber's channel nor an expected reply).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign: Option<u64>,
+    /// Fanout: the load generator's CPU time (user + system) per delivery in the measured
+    /// phase, ns: what the instrument pays per message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_delivery: Option<f64>,
+    /// Hub fanout: acknowledgements, refusals, per-publisher order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<Hub>,
     /// Churn: cycles completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cycles: Option<u64>,
@@ -266,7 +303,12 @@ impl Report {
         let fanout = plan.scenario == Scenario::Fanout;
         let churn = plan.scenario == Scenario::Churn;
         let rate_driven = plan.rate.is_some() || plan.scenario == Scenario::Capacity;
-        let expected = c.published * c.subscribers_at_start;
+        let hub_mode = fanout && plan.mode == Mode::Hub;
+        let expected = if hub_mode {
+            s.channels.expected()
+        } else {
+            c.published * c.subscribers_at_start
+        };
         let unique = c.deliveries.saturating_sub(c.duplicates);
         let missing = expected.saturating_sub(unique);
         let calls = c.reads + c.writes + c.polls;
@@ -279,10 +321,30 @@ impl Report {
                 .map(|t| c.handshakes as f64 / t)
         };
         let errors = s.errors();
+        let hub = hub_mode.then(|| Hub {
+            publish_acks: c.hub_acks,
+            publish_errors: c.hub_publish_errors,
+            subscribe_errors: c.hub_subscribe_errors,
+            publisher_gaps: c.hub_pub_gaps,
+            publisher_duplicates: c.hub_pub_duplicates,
+            publisher_reordered: c.hub_pub_reordered,
+            subscribers_per_channel: (
+                s.channels.subscribers.iter().copied().min().unwrap_or(0),
+                s.channels.subscribers.iter().copied().max().unwrap_or(0),
+            ),
+        });
+        // Hub: every message is accounted for by the protocol, so anything unexpected, a
+        // publish without its ok, or a publisher's messages out of order fails the run.
+        let hub_ok = hub.as_ref().is_none_or(|h| {
+            h.publish_acks == c.published
+                && h.publisher_gaps + h.publisher_duplicates + h.publisher_reordered == 0
+                && c.foreign == 0
+        });
         let ok = errors == 0
             && !out.interrupted
             && c.handshakes > 0
-            && (!fanout || (c.gaps == 0 && c.duplicates == 0 && c.reordered == 0 && missing == 0));
+            && (!fanout || (c.gaps == 0 && c.duplicates == 0 && c.reordered == 0 && missing == 0))
+            && hub_ok;
         let mut histograms = BTreeMap::new();
         histograms.insert("latency".to_owned(), hist_to_b64(&s.latency));
         histograms.insert("handshake".to_owned(), hist_to_b64(&s.handshake));
@@ -302,6 +364,8 @@ impl Report {
                 .saturating_sub(out.timing.total_s as u64),
             connections_planned: plan.connections,
             publishers: plan.publishers,
+            mode: plan.mode,
+            channels: fanout.then_some(plan.channels),
             size: plan.size,
             depth: plan.depth,
             rate: plan.rate,
@@ -328,6 +392,7 @@ impl Report {
                 mismatches: c.mismatches,
                 closed_by_server: c.closed_by_server,
                 dropped: c.dropped,
+                hub_errors: hub_mode.then(|| s.hub_errors()),
             },
             time_to_n_s: out.timing.time_to_n_s,
             handshakes_per_sec,
@@ -357,6 +422,11 @@ impl Report {
             duplicates: some_if(fanout, c.duplicates),
             reordered: some_if(fanout, c.reordered),
             foreign: some_if(fanout, c.foreign),
+            cpu_ns_per_delivery: (fanout && c.measured_deliveries > 0).then(|| {
+                let cpu = &out.cpu_measure;
+                (cpu.user_s + cpu.system_s) * 1e9 / c.measured_deliveries as f64
+            }),
+            hub,
             cycles: some_if(churn, c.cycles),
             cycles_per_sec: churn.then(|| c.cycles as f64 / measure),
             teardown_latency_us: churn.then(|| Percentiles::of(&s.teardown)),
@@ -397,208 +467,5 @@ impl Report {
         } else {
             1
         }
-    }
-
-    /// The text summary.
-    pub fn text(&self) -> String {
-        let mut t = String::new();
-        let w = &mut t;
-        let _ = writeln!(
-            w,
-            "starling-loadgen {} {}  ({} process(es) x {} thread(s))",
-            serde_json::to_value(self.scenario)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            self.target,
-            self.procs,
-            self.threads
-        );
-        let c = &self.connections;
-        let _ = writeln!(
-            w,
-            "  connections  {} handshakes of {} attempted, {} failed, peak {} open{}",
-            c.handshakes,
-            c.attempted,
-            c.failed,
-            c.open_peak,
-            match (self.time_to_n_s, self.handshakes_per_sec) {
-                (Some(t), Some(r)) => format!("; time to N {t:.3} s ({}/s)", human(r)),
-                _ => String::new(),
-            }
-        );
-        let h = &self.handshake_latency_us;
-        let _ = writeln!(
-            w,
-            "  handshake    p50 {} p90 {} p99 {} p99.9 {} max {}",
-            us(h.p50),
-            us(h.p90),
-            us(h.p99),
-            us(h.p999),
-            us(h.max)
-        );
-        let failures: Vec<String> = self
-            .failures
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        if !failures.is_empty() {
-            let _ = writeln!(w, "  FAILURES     {}", failures.join(", "));
-        }
-        if self.messages_sent + self.messages_received > 0 {
-            let _ = writeln!(
-                w,
-                "  messages     sent {} received {}  {} msg/s over {:.2} s",
-                self.messages_sent,
-                self.messages_received,
-                human(self.messages_per_sec),
-                self.duration_s
-            );
-            let l = &self.latency_us;
-            let _ = writeln!(
-                w,
-                "  latency      p50 {} p90 {} p99 {} p99.9 {} max {}{}",
-                us(l.p50),
-                us(l.p90),
-                us(l.p99),
-                us(l.p999),
-                us(l.max),
-                if self.latency_from_intended_time {
-                    "  (from intended send time)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if let (Some(d), Some(e)) = (self.deliveries, self.expected_deliveries) {
-            let _ = writeln!(
-                w,
-                "  fanout       {} deliveries of {} expected ({} subscribers), {}/s; gaps {} duplicates {} reordered {} missing {}",
-                d,
-                e,
-                self.subscribers.unwrap_or(0),
-                human(self.deliveries_per_sec.unwrap_or(0.0)),
-                self.gaps.unwrap_or(0),
-                self.duplicates.unwrap_or(0),
-                self.reordered.unwrap_or(0),
-                self.missing.unwrap_or(0)
-            );
-        }
-        if let (Some(n), Some(r), Some(td)) =
-            (self.cycles, self.cycles_per_sec, &self.teardown_latency_us)
-        {
-            let _ = writeln!(
-                w,
-                "  churn        {n} cycles, {}/s; teardown p50 {} p99 {}",
-                human(r),
-                us(td.p50),
-                us(td.p99)
-            );
-        }
-        if let Some(cap) = &self.capacity {
-            match &cap.largest_ok {
-                Some(s) => {
-                    let _ = writeln!(
-                        w,
-                        "  capacity     held {} connections x {}/s (p99 {}); stopped: {}",
-                        s.connections,
-                        s.per_conn_rate,
-                        us(s.p99_us),
-                        cap.stopped_because
-                    );
-                }
-                None => {
-                    let _ = writeln!(w, "  capacity     no step held: {}", cap.stopped_because);
-                }
-            }
-        }
-        if let Some(d) = &self.density {
-            let f = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{v:.0} B"));
-            let _ = writeln!(
-                w,
-                "  density      per connection: server RSS {}, kernel TCP buffers {}, kernel slab {} (both ends)",
-                f(d.server_rss_bytes_per_conn),
-                f(d.kernel_tcp_mem_bytes_per_conn),
-                f(d.kernel_slab_bytes_per_conn)
-            );
-        }
-        // connect's work is the ramp; the other scenarios' is the measured phase.
-        let (m, phase) = if self.scenario == Scenario::Connect {
-            (&self.cpu.ramp, "ramp")
-        } else {
-            (&self.cpu.measure, "measure")
-        };
-        let cores: Vec<String> = m
-            .cores
-            .iter()
-            .map(|c| {
-                format!(
-                    "cpu{}{} {:.0}% (user {:.0}, sys {:.0}, irq {:.0})",
-                    c.cpu,
-                    if c.ours { "*" } else { "" },
-                    c.busy * 100.0,
-                    c.user * 100.0,
-                    c.system * 100.0,
-                    c.irq * 100.0
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            w,
-            "  cpu ({})  loadgen {:.2} cores (user {:.2} s, sys {:.2} s){}; cores (* = ours): {}",
-            phase,
-            m.busy_cores,
-            m.user_s,
-            m.system_s,
-            m.server_busy_cores
-                .map_or(String::new(), |s| format!(", server {s:.2} cores")),
-            cores.join(", ")
-        );
-        let _ = writeln!(
-            w,
-            "  syscalls     read {} write {} epoll_wait {}{}; allocations during measure {}",
-            self.syscalls.read,
-            self.syscalls.write,
-            self.syscalls.epoll_wait,
-            self.syscalls
-                .per_message
-                .map_or(String::new(), |p| format!(" ({p:.3} per message)")),
-            self.allocations_during_measure
-        );
-        let e = &self.error_kinds;
-        let _ = writeln!(
-            w,
-            "  errors       {}{}",
-            self.errors,
-            if self.errors > 0 {
-                format!(
-                    " (connect failures {}, protocol {}, mismatched echoes {}, closed by server {}, dropped {})",
-                    e.connect_failures, e.protocol_errors, e.mismatches, e.closed_by_server, e.dropped
-                )
-            } else {
-                String::new()
-            }
-        );
-        let _ = writeln!(
-            w,
-            "  result       {}",
-            if self.interrupted {
-                "INTERRUPTED (figures so far)"
-            } else if self.ok {
-                "ok"
-            } else {
-                "FAILED"
-            }
-        );
-        t
-    }
-}
-
-fn us(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.1} ms", v / 1000.0)
-    } else {
-        format!("{v:.0} µs")
     }
 }

@@ -1,0 +1,456 @@
+//! A small JSON scanner: the members of one object, each value as the raw bytes it was
+//! written as, and unsigned integers read from those bytes. It allocates nothing and
+//! decodes only what the caller asks for.
+//!
+//! It is not a validator. It checks structure exactly as far as it must to find where a value
+//! ends (strings with their escapes, nested objects and arrays, scalars up to the next
+//! delimiter), so it never reads past the end and never panics, but a scalar such as `tru`
+//! is returned as raw bytes and rejected only when the caller reads it. Keys are compared
+//! as written: an escaped key (`"s\u0065q"`) does not match `seq`. A server that escapes
+//! its member names is legal JSON but none does; the reference tests state the difference.
+
+/// Insignificant whitespace (RFC 8259 §2): space, tab, line feed, carriage return.
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The first index at or after `i` that is not whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive) of the string whose opening quote is at `b[i]`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some(j + 1),
+            // The escaped character is skipped whatever it is, so `\"` does not end the string.
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The end (exclusive) of the value starting at `b[i]`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            // Depth counts both brackets alike: matching kinds is the validator's job, and a
+            // mismatch can only shift where this value is taken to end, never out of bounds.
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        b',' | b'}' | b']' | b':' => None,
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !is_ws(b[j]) {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// Calls `f(key, value)` for each member of the object `obj` (whitespace around it
+/// allowed), in order, with the key's bytes between its quotes and the value's raw bytes.
+/// Returns whether `obj` is one whole object; members seen before a problem were still
+/// passed to `f`, so a caller that cares must look at the result.
+pub fn for_each_member<'a>(obj: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> bool {
+    let b = obj;
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return false;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return skip_ws(b, i + 1) == b.len();
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return false;
+        }
+        let Some(key_end) = string_end(b, i) else {
+            return false;
+        };
+        let key = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return false;
+        }
+        i = skip_ws(b, i + 1);
+        let Some(end) = value_end(b, i) else {
+            return false;
+        };
+        f(key, &b[i..end]);
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return skip_ws(b, i + 1) == b.len(),
+            _ => return false,
+        }
+    }
+}
+
+/// A JSON number that is a whole number in `u64`, written without sign, fraction or
+/// exponent (RFC 8259 §6 forbids leading zeros, so `01` is not one).
+pub fn uint(v: &[u8]) -> Option<u64> {
+    match leading_uint(v) {
+        Some((n, [])) => Some(n),
+        _ => None,
+    }
+}
+
+/// The unsigned integer at the start of `v` and the bytes after it. `None` without a digit,
+/// for a leading zero followed by a digit, or past `u64::MAX`.
+///
+/// Eight digits at a time: a delivery carries four numbers of up to 13 digits, and a digit
+/// at a time (a multiply-add chain of one digit per step) cost more than everything else a
+/// subscriber does per message. [`leading_uint_slow`] is the reference it is tested
+/// against.
+#[inline]
+pub fn leading_uint(v: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n: u64 = 0;
+    let mut at = 0;
+    loop {
+        let chunk = load8(&v[at..]);
+        let k = digit_run(chunk);
+        at += k;
+        // Up to 19 digits cannot overflow; 20 may, and are rare enough to take slowly.
+        if at > 19 {
+            return leading_uint_slow(v);
+        }
+        if k == 8 {
+            n = n * 100_000_000 + parse8(chunk);
+            continue;
+        }
+        if k > 0 {
+            // Shift the k digits to the top bytes and fill the bottom with '0's.
+            let shift = 8 * (8 - k as u32);
+            let padded = (chunk << shift) | (ZEROS >> (64 - shift));
+            n = n * POW10[k] + parse8(padded);
+        }
+        break;
+    }
+    if at == 0 || (at > 1 && v[0] == b'0') {
+        return None;
+    }
+    // "1.5" or "1e3" are numbers, but not whole ones written plainly.
+    let rest = &v[at..];
+    if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some((n, rest))
+}
+
+/// The bytes after the unsigned integer at the start of `v`, for a number that must be
+/// there but whose value nobody needs: [`leading_uint`]'s checks without the arithmetic.
+#[inline]
+pub fn skip_uint(v: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    loop {
+        let k = digit_run(load8(&v[at..]));
+        at += k;
+        if k < 8 {
+            break;
+        }
+    }
+    if at == 0 || (at > 1 && v[0] == b'0') || at > 20 {
+        return None;
+    }
+    let rest = &v[at..];
+    if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    // Twenty digits may be past u64::MAX, where leading_uint says no; agree with it.
+    if at == 20 {
+        leading_uint_slow(v)?;
+    }
+    Some(rest)
+}
+
+/// [`leading_uint`] a digit at a time: the reference.
+pub fn leading_uint_slow(v: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && v[0] == b'0') {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in &v[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    let rest = &v[digits..];
+    if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some((n, rest))
+}
+
+/// `'0'` in every byte.
+const ZEROS: u64 = 0x3030_3030_3030_3030;
+const POW10: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Up to 8 bytes of `v` as a little-endian word (first byte lowest), zeros past the end (a
+/// zero byte is not a digit, so a number never runs on past the slice).
+#[inline]
+fn load8(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    match v.first_chunk::<8>() {
+        // The common case, one unaligned load: numbers in a delivery are followed by more.
+        Some(whole) => b = *whole,
+        None => b[..v.len()].copy_from_slice(v),
+    }
+    u64::from_le_bytes(b)
+}
+
+/// How many of the word's bytes, from the lowest, are ASCII digits before the first that
+/// is not.
+#[inline]
+fn digit_run(w: u64) -> usize {
+    // A byte is a digit when its high nibble is 3 and adding 6 keeps it so (0x30..=0x39).
+    // A carry out of a byte at 0xFA or above only disturbs bytes after it, and that byte is
+    // already flagged by the first test.
+    let high = (w & 0xF0F0_F0F0_F0F0_F0F0) ^ ZEROS;
+    let plus6 = (w.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) ^ ZEROS;
+    let not_digit = high | plus6;
+    (not_digit.trailing_zeros() / 8) as usize
+}
+
+/// Eight ASCII digits (first digit in the lowest byte) to their value: pairs, then
+/// quads, then the whole, with one multiply each.
+#[inline]
+fn parse8(w: u64) -> u64 {
+    let d = w.wrapping_sub(ZEROS);
+    let pairs = (d.wrapping_mul(10) + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let quads = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
+    (quads.wrapping_mul(10_000) + (quads >> 32)) & 0xFFFF_FFFF
+}
+
+/// The content of a JSON string value without escapes (`None` for another kind of value,
+/// or for a string that has an escape or a control character and would need decoding).
+pub fn plain_str(v: &[u8]) -> Option<&[u8]> {
+    let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    plain_content(inner).then_some(inner)
+}
+
+/// Whether `s` can stand between quotes as is: no quote, no backslash, no control
+/// character. Written as a fold without early exit so the compiler can check a word at a
+/// time: the padding of every delivery goes through here.
+pub fn plain_content(s: &[u8]) -> bool {
+    s.iter()
+        .fold(true, |ok, &b| ok & (b != b'"') & (b != b'\\') & (b >= 0x20))
+}
+
+/// `true` or `false`.
+pub fn boolean(v: &[u8]) -> Option<bool> {
+    match v {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(s: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let whole = for_each_member(s.as_bytes(), |k, v| {
+            out.push((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
+        whole.then_some(out)
+    }
+
+    #[test]
+    fn members_with_raw_values() {
+        let m =
+            members(r#" { "a" : 1 , "b":"x\"}y", "c":{"d":[1,{"e":"]"}]},"f":true,"g":null } "#)
+                .unwrap();
+        let want = [
+            ("a", "1"),
+            ("b", r#""x\"}y""#),
+            ("c", r#"{"d":[1,{"e":"]"}]}"#),
+            ("f", "true"),
+            ("g", "null"),
+        ];
+        assert_eq!(m.len(), want.len());
+        for ((k, v), (wk, wv)) in m.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+        assert_eq!(members("{}"), Some(vec![]));
+    }
+
+    #[test]
+    fn not_one_whole_object() {
+        for bad in [
+            "",
+            "[]",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1",
+            "{\"a\":1,}",
+            "{\"a\":1}x",
+            "{\"a\":\"x}",
+            "{\"a\":{\"b\":1}",
+            "{a:1}",
+            "{\"a\":1 \"b\":2}",
+        ] {
+            assert_eq!(members(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_message_is_refused_without_panic() {
+        let m = br#"{"ch":"bench.0","seq":17,"data":{"p":0,"n":3,"t":99,"s":100,"pad":"x\\y"}}"#;
+        for cut in 0..m.len() {
+            assert!(!for_each_member(&m[..cut], |_, _| {}), "cut {cut}");
+        }
+        assert!(for_each_member(m, |_, _| {}));
+    }
+
+    #[test]
+    fn unsigned_integers() {
+        assert_eq!(uint(b"0"), Some(0));
+        assert_eq!(uint(b"58"), Some(58));
+        assert_eq!(uint(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"18446744073709551616"[..],
+            b"",
+            b"-1",
+            b"01",
+            b"1.0",
+            b"1e3",
+            b"\"1\"",
+            b"1x",
+        ] {
+            assert_eq!(uint(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(leading_uint(b"12,\"n\""), Some((12, &b",\"n\""[..])));
+    }
+
+    #[test]
+    fn eight_at_a_time_matches_one_at_a_time() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let tails: [&[u8]; 6] = [b"", b",", b"}", b".5", b"x12345678", b"\x00"];
+        let check = |s: &[u8]| {
+            assert_eq!(
+                leading_uint(s),
+                leading_uint_slow(s),
+                "{:?}",
+                String::from_utf8_lossy(s)
+            );
+        };
+        for len in 0..=21 {
+            for _ in 0..300 {
+                let mut s: Vec<u8> = (0..len).map(|_| b'0' + rng.gen_range(0..10)).collect();
+                if rng.gen_bool(0.3) && len > 0 {
+                    s[0] = b'1' + rng.gen_range(0..9);
+                }
+                for tail in tails {
+                    let mut t = s.clone();
+                    t.extend_from_slice(tail);
+                    check(&t);
+                }
+            }
+            for edge in [b'/', b':', 0xFA, 0xFF, 0x00, b'0', b'9'] {
+                for at in 0..len {
+                    let mut s = vec![b'7'; len];
+                    s[at] = edge;
+                    check(&s);
+                }
+            }
+        }
+        for n in [
+            0,
+            9,
+            10,
+            99_999_999,
+            100_000_000,
+            u64::MAX / 10,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            check(n.to_string().as_bytes());
+        }
+        check(b"18446744073709551616");
+        check(b"99999999999999999999");
+    }
+
+    #[test]
+    fn skipping_agrees_with_reading() {
+        for s in [
+            &b"0,"[..],
+            b"7",
+            b"01",
+            b"",
+            b"x",
+            b"12345678901234,",
+            b"1234567890123456789012",
+            b"18446744073709551615}",
+            b"18446744073709551616}",
+            b"1.5",
+            b"12e3",
+            b"123456789",
+        ] {
+            assert_eq!(
+                skip_uint(s),
+                leading_uint(s).map(|(_, rest)| rest),
+                "{:?}",
+                String::from_utf8_lossy(s)
+            );
+        }
+    }
+
+    #[test]
+    fn plain_strings() {
+        assert_eq!(plain_str(b"\"bench.0\""), Some(&b"bench.0"[..]));
+        assert_eq!(plain_str(b"\"a\\nb\""), None);
+        assert_eq!(plain_str(b"\"a\x01b\""), None);
+        assert_eq!(plain_str(b"12"), None);
+        assert!(plain_content(&[b'x'; 100]));
+        for at in 0..40 {
+            let mut s = vec![b'x'; 40];
+            s[at] = b'"';
+            assert!(!plain_content(&s));
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The hub client's state and what each message from the server does to the counters: per
+//! thread, the channel names and one command buffer ([`HubIo`]); per subscriber, its
+//! channel, whether the subscription is live, and the server's sequence on that channel
+//! ([`Subscription`]).
+//!
+//! A subscriber checks every delivery twice. The server's `seq` must run on from the number
+//! the subscribe reply gave, by one each time: its gaps, duplicates and reorderings are the
+//! run's `gaps`, `duplicates` and `reordered`, as the raw mode's are. Each publisher's own
+//! `n` must also arrive in the order it was published (one slot per turn over the
+//! channels, see [`super::publisher_slot`]): a server that numbered messages in another
+//! order than it received them from one publisher shows up there (`hub_pub_*`). Latency
+//! runs from the stamp's intended send time.
+
+use hdrhistogram::Histogram;
+
+use super::Inbound;
+use crate::stats::{record, Stats};
+use crate::workload::{SeqTrack, Tally};
+
+/// Per-thread hub state.
+#[derive(Debug)]
+pub struct HubIo {
+    /// `bench.0 .. bench.{K-1}`, built once.
+    pub names: Vec<Box<[u8]>>,
+    /// The command being written (publish or subscribe), before it is framed. Reused, so a
+    /// publish costs no allocation once it has grown to size.
+    pub cmd: Vec<u8>,
+    /// `--size`: the stamp's length.
+    pub size: usize,
+}
+
+impl HubIo {
+    /// State for `channels` channels and stamps of `size` bytes.
+    pub fn new(channels: u32, size: usize) -> HubIo {
+        HubIo {
+            names: (0..channels.max(1))
+                .map(|c| super::channel_name(c).into_bytes().into_boxed_slice())
+                .collect(),
+            cmd: Vec::with_capacity(size + 128),
+            size,
+        }
+    }
+
+    /// K.
+    pub fn channels(&self) -> u32 {
+        self.names.len() as u32
+    }
+}
+
+/// What a subscriber's message handler may touch.
+pub struct Rx<'a> {
+    /// The thread's counters.
+    pub stats: &'a mut Stats,
+    /// Latency since the last tick.
+    pub interval: &'a mut Histogram<u64>,
+    /// When the event is handled.
+    pub now: u64,
+    /// In the measured phase.
+    pub measuring: bool,
+    /// Channel names and `--size`.
+    pub hub: &'a HubIo,
+}
+
+/// One subscriber's subscription.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subscription {
+    /// Its channel.
+    pub channel: u32,
+    /// The server said `ok` with a sequence number.
+    pub live: bool,
+    /// The server's sequence on the channel.
+    seq: SeqTrack,
+}
+
+impl Subscription {
+    /// A subscription to `channel`, not yet asked for.
+    pub fn new(channel: u32) -> Subscription {
+        Subscription {
+            channel,
+            ..Subscription::default()
+        }
+    }
+
+    /// One message on the subscriber's connection. `pending`: the subscribe reply has not
+    /// come yet. Returns whether this message was that reply (the caller then moves the
+    /// connection on, whether the server said yes or no; a no is counted here).
+    pub fn on_message(
+        &mut self,
+        msg: &[u8],
+        pending: bool,
+        seqs: &mut [SeqTrack],
+        rx: &mut Rx<'_>,
+    ) -> bool {
+        let c = &mut rx.stats.c;
+        match super::read(msg) {
+            Inbound::Reply { ok, seq, .. } if pending => {
+                match (ok, seq) {
+                    (true, Some(seq)) => {
+                        self.live = true;
+                        self.seq = SeqTrack::starting_at(seq + 1);
+                    }
+                    _ => c.hub_subscribe_errors += 1,
+                }
+                true
+            }
+            Inbound::Delivery {
+                channel,
+                seq,
+                stamp,
+                data_len,
+            } if self.live => {
+                if *channel != *rx.hub.names[self.channel as usize] {
+                    c.mismatches += 1;
+                    return false;
+                }
+                c.deliveries += 1;
+                if rx.measuring {
+                    c.measured_deliveries += 1;
+                }
+                Tally {
+                    gaps: &mut c.gaps,
+                    duplicates: &mut c.duplicates,
+                    reordered: &mut c.reordered,
+                }
+                .count(self.seq.arrive(seq));
+                let Some(s) = stamp.filter(|s| s.sized(data_len, rx.hub.size)) else {
+                    c.mismatches += 1;
+                    return false;
+                };
+                let slot = super::publisher_slot(s.publisher, s.n, self.channel, rx.hub.channels());
+                match (seqs.get_mut(s.publisher as usize), slot) {
+                    (Some(track), Some(slot)) => {
+                        record(rx.interval, rx.now.saturating_sub(s.intended_ns), 1);
+                        Tally {
+                            gaps: &mut c.hub_pub_gaps,
+                            duplicates: &mut c.hub_pub_duplicates,
+                            reordered: &mut c.hub_pub_reordered,
+                        }
+                        .count(track.arrive(slot));
+                    }
+                    _ => c.mismatches += 1,
+                }
+                false
+            }
+            _ => {
+                c.foreign += 1;
+                false
+            }
+        }
+    }
+}
+
+/// One message on a publisher's connection: the reply to one of its publishes.
+pub fn on_publisher_message(msg: &[u8], stats: &mut Stats) {
+    match super::read(msg) {
+        Inbound::Reply {
+            ok: true,
+            seq: Some(_),
+            ..
+        } => stats.c.hub_acks += 1,
+        Inbound::Reply { .. } => stats.c.hub_publish_errors += 1,
+        _ => stats.c.foreign += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_histogram;
+    use crate::workload::Stamp;
+
+    struct Sub {
+        stats: Stats,
+        interval: Histogram<u64>,
+        hub: HubIo,
+        sub: Subscription,
+        seqs: Vec<SeqTrack>,
+    }
+
+    impl Sub {
+        /// A subscriber of channel `c` of 3, with 2 publishers.
+        fn new(c: u32) -> Sub {
+            Sub {
+                stats: Stats::default(),
+                interval: new_histogram(),
+                hub: HubIo::new(3, 64),
+                sub: Subscription::new(c),
+                seqs: vec![SeqTrack::default(); 2],
+            }
+        }
+
+        fn feed(&mut self, msg: &[u8], pending: bool) -> bool {
+            let mut rx = Rx {
+                stats: &mut self.stats,
+                interval: &mut self.interval,
+                now: 1_000_000,
+                measuring: true,
+                hub: &self.hub,
+            };
+            self.sub.on_message(msg, pending, &mut self.seqs, &mut rx)
+        }
+
+        /// The delivery of publisher `p`'s message `n` under server number `seq`.
+        fn deliver(&mut self, seq: u64, p: u32, n: u64) {
+            let s = Stamp {
+                publisher: p,
+                seq: n,
+                intended_ns: 400_000,
+                sent_ns: 400_100,
+            };
+            let mut data = Vec::new();
+            super::super::write_stamp(&mut data, &s, 64);
+            let ch = super::super::channel_of(p, n, 3);
+            let mut msg = format!("{{\"ch\":\"bench.{ch}\",\"seq\":{seq},\"data\":").into_bytes();
+            msg.extend_from_slice(&data);
+            msg.push(b'}');
+            assert!(!self.feed(&msg, false));
+        }
+    }
+
+    #[test]
+    fn a_clean_stream_after_the_reply() {
+        let mut t = Sub::new(1);
+        assert!(t.feed(
+            br#"{"id":0,"ok":true,"channel":"bench.1","epoch":"00000001","seq":40}"#,
+            true
+        ));
+        assert!(t.sub.live);
+        // Channel 1 of 3 gets p0's n = 1, 4, 7 ... and p1's n = 0, 3, 6 ...
+        let mut seq = 41;
+        for turn in 0..10u64 {
+            t.deliver(seq, 0, 1 + 3 * turn);
+            t.deliver(seq + 1, 1, 3 * turn);
+            seq += 2;
+        }
+        let c = &t.stats.c;
+        assert_eq!(c.deliveries, 20);
+        assert_eq!(
+            (c.gaps, c.duplicates, c.reordered, c.mismatches, c.foreign),
+            (0, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            (c.hub_pub_gaps, c.hub_pub_duplicates, c.hub_pub_reordered),
+            (0, 0, 0)
+        );
+        assert_eq!(t.interval.len(), 20);
+        assert!(t.interval.equivalent(t.interval.max(), 600_000));
+    }
+
+    #[test]
+    fn server_numbers_and_publisher_numbers_are_both_checked() {
+        let mut t = Sub::new(0);
+        assert!(t.feed(br#"{"id":0,"ok":true,"seq":0}"#, true));
+        t.deliver(1, 0, 0);
+        t.deliver(3, 0, 3); // server skipped 2
+        t.deliver(3, 0, 3); // and repeats 3
+        t.deliver(4, 0, 9); // p0 skipped n = 6
+        t.deliver(5, 0, 6); // n = 6 arrives late
+        let c = &t.stats.c;
+        assert_eq!((c.gaps, c.duplicates, c.reordered), (1, 1, 0));
+        assert_eq!(
+            (c.hub_pub_gaps, c.hub_pub_duplicates, c.hub_pub_reordered),
+            (0, 1, 1)
+        );
+        // A delivery of a message that was published to another channel.
+        t.deliver(6, 0, 1);
+        assert_eq!(t.stats.c.mismatches, 1);
+    }
+
+    #[test]
+    fn refusals_foreign_messages_and_the_wrong_channel() {
+        let mut t = Sub::new(2);
+        assert!(t.feed(
+            br#"{"id":0,"ok":false,"error":{"code":"forbidden","message":"no"}}"#,
+            true
+        ));
+        assert!(!t.sub.live);
+        assert_eq!(t.stats.errors(), 1);
+        // Not subscribed: a delivery is not ours.
+        assert!(!t.feed(br#"{"ch":"bench.2","seq":1,"data":1}"#, false));
+        assert_eq!(t.stats.c.foreign, 1);
+        let mut t = Sub::new(2);
+        assert!(t.feed(br#"{"id":0,"ok":true,"seq":7}"#, true));
+        assert!(!t.feed(br#"{"ch":"bench.1","seq":8,"data":1}"#, false));
+        assert!(!t.feed(br#"{"ch":"bench.2","seq":8,"data":1}"#, false));
+        assert_eq!((t.stats.c.mismatches, t.stats.c.deliveries), (2, 1));
+        let mut stats = Stats::default();
+        on_publisher_message(br#"{"id":1,"ok":true,"seq":9}"#, &mut stats);
+        on_publisher_message(br#"{"id":2,"ok":true}"#, &mut stats);
+        on_publisher_message(br#"{"id":3,"ok":false,"error":{}}"#, &mut stats);
+        on_publisher_message(br#"{"ch":"bench.2","seq":8,"data":1}"#, &mut stats);
+        assert_eq!(
+            (
+                stats.c.hub_acks,
+                stats.c.hub_publish_errors,
+                stats.c.foreign
+            ),
+            (1, 2, 1)
+        );
+    }
+}
+
+/// What reading one delivery costs, against the raw mode's binary stamp: a measurement, not
+/// a test (nothing is asserted about time). Run it in release:
+/// `cargo test --release -p starling-loadgen delivery_cost -- --ignored --nocapture`
+/// (`COST_ONLY=<part of a label>` runs one measurement, for a profiler).
+#[cfg(test)]
+mod cost {
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::stats::new_histogram;
+    use crate::workload::{read_stamp, write_stamp as write_raw_stamp, Stamp};
+
+    const N: u64 = 5_000_000;
+
+    fn per_message(label: &str, mut f: impl FnMut(u64)) {
+        if std::env::var("COST_ONLY").is_ok_and(|only| !label.contains(&only)) {
+            return;
+        }
+        for i in 0..N / 10 {
+            f(i);
+        }
+        let t = Instant::now();
+        for i in 0..N {
+            f(i);
+        }
+        let ns = t.elapsed().as_nanos() as f64 / N as f64;
+        println!("{label:<44} {ns:6.1} ns/message");
+    }
+
+    /// A delivery as the server frames it, of publisher 0's message `n`.
+    fn delivery(n: u64, seq: u64) -> Vec<u8> {
+        let s = Stamp {
+            publisher: 0,
+            seq: n,
+            intended_ns: 5_072_118_006_431 + n,
+            sent_ns: 5_072_118_009_011 + n,
+        };
+        let mut m = format!("{{\"ch\":\"bench.0\",\"seq\":{seq},\"data\":").into_bytes();
+        super::super::write_stamp(&mut m, &s, 64);
+        m.push(b'}');
+        m
+    }
+
+    #[test]
+    #[ignore = "a measurement; run with --ignored --nocapture in release"]
+    fn delivery_cost() {
+        let msg = delivery(123_456, 123_457);
+        let spaced = String::from_utf8(msg.clone())
+            .unwrap()
+            .replace(",\"", ", \"");
+        let mut raw = vec![b'x'; 64];
+        write_raw_stamp(
+            &mut raw,
+            Stamp {
+                publisher: 0,
+                seq: 123_456,
+                intended_ns: 5_072_118_006_431,
+                sent_ns: 5_072_118_009_011,
+            },
+        );
+        println!(
+            "hub delivery {} bytes, raw payload {} bytes",
+            msg.len(),
+            raw.len()
+        );
+        per_message("raw: read_stamp (binary, 64 B)", |_| {
+            black_box(read_stamp(black_box(&raw)));
+        });
+        per_message("hub: read, fast path", |_| {
+            black_box(super::super::read(black_box(&msg)));
+        });
+        per_message("hub: read, general path (spaced)", |_| {
+            black_box(super::super::read(black_box(spaced.as_bytes())));
+        });
+        per_message("hub: serde_json::Value (reference)", |_| {
+            black_box(serde_json::from_slice::<serde_json::Value>(black_box(&msg)).ok());
+        });
+        // The whole per-delivery work of a subscriber, sequence checks and latency included,
+        // on a stream of distinct messages.
+        let msgs: Vec<Vec<u8>> = (0..1024u64).map(|n| delivery(n, n + 1)).collect();
+        let hub = HubIo::new(1, 64);
+        let mut stats = Stats::default();
+        let mut interval = new_histogram();
+        let mut seqs = vec![SeqTrack::default()];
+        let mut sub = Subscription::new(0);
+        let mut rx = Rx {
+            stats: &mut stats,
+            interval: &mut interval,
+            now: 5_072_118_106_431,
+            measuring: true,
+            hub: &hub,
+        };
+        per_message("hub: Subscription::on_message (all checks)", |i| {
+            let k = (i % 1024) as usize;
+            if k == 0 {
+                // Each lap of the 1024 messages restarts both sequences.
+                sub.live = true;
+                sub.seq = SeqTrack::starting_at(1);
+                seqs[0] = SeqTrack::default();
+            }
+            black_box(sub.on_message(&msgs[k], false, &mut seqs, &mut rx));
+        });
+        assert_eq!(rx.stats.errors(), 0);
+        assert_eq!(rx.stats.c.gaps + rx.stats.c.hub_pub_gaps, 0);
+    }
+}
