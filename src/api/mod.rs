@@ -15,9 +15,13 @@
 //!   (method, path, `Authorization`, body) to a `Reply` that touches no socket, so routing and
 //!   auth are tested without sockets. Unknown paths get 404, a method the path does not serve
 //!   gets 405 with `Allow` listing those it does, both with a JSON error body.
-//! - A POST body is read only after the route and the key check pass, and at most
-//!   [`MAX_BODY`] bytes of it: a larger one gets 413, by its `Content-Length` before reading
-//!   anything when it declares one.
+//! - A request whose `Content-Length` is over [`MAX_BODY`] gets 413 before routing, whatever
+//!   its route, and no byte of its body is read. Otherwise a POST body is read only after the
+//!   route and the key check pass (that is also when `100 Continue` is sent to a client that
+//!   asked for it).
+//! - The HTTP server is our own, small and bounded in memory and time per connection (see
+//!   `server`): one request per connection, `Connection: close`, no chunked bodies (501).
+//!   Nothing a client sends can crash the process or hold the thread past [`Timeouts`].
 //! - With an API key, every route not marked public needs `Authorization: Bearer <key>`; the
 //!   token is compared in constant time and a missing or wrong one gets 401 with
 //!   `WWW-Authenticate: Bearer`. `/healthz` and `/readyz` stay public because load balancers and
@@ -27,14 +31,15 @@
 //!   refuses otherwise, as `Config::validate` does earlier with a clearer message.
 //!
 //! Files: this one holds the view, the routing table, dispatch and the key check; `routes`
-//! the handlers; `prometheus` the text format; `server` the thread and the HTTP library
-//! (`tiny_http`) behind it.
+//! the handlers; `prometheus` the text format; `http` the HTTP/1.1 wire format (pure);
+//! `server` the thread, its sockets and their time limits.
 
+mod http;
 mod prometheus;
 mod routes;
 mod server;
 
-pub use server::{start, ApiServer};
+pub use server::{start, start_with, ApiServer, Timeouts};
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,7 +131,7 @@ enum Access {
 /// A route's handler; its kind is the route's method.
 #[derive(Clone, Copy)]
 enum Handler {
-    /// GET, and HEAD (which `tiny_http` answers with the GET headers and no body).
+    /// GET, and HEAD (answered with the GET headers and no body).
     Get(fn(&ApiView) -> Reply),
     /// POST, given the body (at most [`MAX_BODY`] bytes).
     Post(fn(&ApiView, &[u8]) -> Reply),
@@ -185,7 +190,7 @@ struct Incoming<'a> {
     target: &'a str,
     /// The `Authorization` header, if any.
     authorization: Option<&'a str>,
-    /// The declared `Content-Length`, if any (none for a chunked body).
+    /// The declared `Content-Length`, if any (none: no body).
     length: Option<usize>,
     /// The body, read only by POST routes.
     body: &'a mut dyn Read,
@@ -227,7 +232,7 @@ fn allow(path: &str) -> String {
 }
 
 /// Reads a body of at most [`MAX_BODY`] bytes: 413 if it declares or turns out to be more,
-/// 400 if it cannot be read (the client went away or sent a broken chunked encoding).
+/// 400 if it cannot be read (the client went away, stalled, or sent less than it declared).
 fn read_body(length: Option<usize>, body: &mut dyn Read) -> Result<Vec<u8>, Reply> {
     let too_large = || Reply::error(413, &format!("request body over {MAX_BODY} bytes"));
     if length.is_some_and(|n| n > MAX_BODY) {
@@ -454,7 +459,7 @@ pub(super) mod tests {
         let r = publish(Some(MAX_BODY + 1), &mut Untouchable, auth);
         assert_eq!(r.status, 413);
         assert!(r.body.contains("\"error\""));
-        // Undeclared (chunked) and too long: found while reading.
+        // Undeclared and too long: found while reading.
         let big = vec![b' '; MAX_BODY + 1];
         assert_eq!(publish(None, &mut &big[..], auth).status, 413);
         // Exactly at the limit is read and parsed (and is whitespace, so 400).

@@ -31,7 +31,7 @@ pub const MAX_PUBLISH_CHANNELS: usize = 100;
 /// Media type of the Prometheus text exposition format this API writes.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A response, independent of the HTTP library.
+/// A response, independent of the wire format (`http::encode` writes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// HTTP status code.
@@ -74,22 +74,6 @@ impl Reply {
     pub fn with_header(mut self, name: &'static str, value: &str) -> Reply {
         self.headers.push((name, value.to_owned()));
         self
-    }
-
-    /// The `tiny_http` response carrying this reply.
-    pub fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut r = tiny_http::Response::from_data(self.body).with_status_code(self.status);
-        let all = std::iter::once(("Content-Type", self.content_type.to_owned()))
-            .chain(self.headers)
-            .chain(std::iter::once(("Cache-Control", "no-store".to_owned())));
-        for (name, value) in all {
-            // Names and values are ours (constants and numbers), so this never fails; a header
-            // that did would be left out rather than fail the whole reply.
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                r.add_header(h);
-            }
-        }
-        r
     }
 }
 

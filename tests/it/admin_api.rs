@@ -1,7 +1,8 @@
 //! The admin HTTP API over real sockets: health and readiness probes, `/metrics` read by a
 //! strict Prometheus text parser and checked against real WebSocket traffic, `/stats` JSON,
 //! `POST /publish` reaching real subscribers and `GET /channels` counting them, the API key,
-//! 400/404/405/409/413, and the `serve` flags that start it.
+//! 400/404/405/409/413, hostile bytes that must not stop it, and the `serve` flags that start
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -106,9 +107,6 @@ fn request_with_body(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect to the admin API");
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.set_write_timeout(Some(PATIENCE)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -117,8 +115,17 @@ fn request_with_body(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_request(addr, &bytes)
+}
+
+/// Sends `bytes` as they are on a fresh connection; the response read to EOF and parsed.
+fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin API");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(bytes).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("response read to EOF");
     let mut hs = [httparse::EMPTY_HEADER; 32];
@@ -635,4 +642,40 @@ fn publish_to_an_echo_server_is_409() {
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["status"], 409);
     assert!(v["error"].as_str().unwrap().contains("hub"), "{v}");
+}
+
+#[test]
+fn hostile_requests_are_refused_and_the_api_keeps_serving() {
+    let a = Admin::start(util::config(), Some("k"));
+    let big_head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let cases: [(&[u8], u16); 4] = [
+        // Once answered by an allocation of the declared size, which aborted the process.
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+            413,
+        ),
+        (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not HTTP\r\n\r\n",
+            400,
+        ),
+        (big_head.as_bytes(), 431),
+        (
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+    ];
+    for (bytes, status) in cases {
+        let got = raw_request(a.api_addr(), bytes).status;
+        assert_eq!(
+            got,
+            status,
+            "{}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+        );
+        let r = a.get("/healthz");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    }
 }
