@@ -248,6 +248,7 @@ impl Shard {
             self.expire_tokens();
 
             // 6. Flush.
+            self.hub_flush_all();
             self.deliver_batch();
             self.flush_dirty();
 
@@ -621,37 +622,26 @@ impl Shard {
         }
         let frame = concat(std::mem::take(&mut self.batch));
         let msgs = std::mem::take(&mut self.batch_msgs);
-        let bound = self.cfg.max_backpressure;
-        let mut slow = Vec::new();
-        let mut broken = Vec::new();
+        let mut out = Outcome::default();
+        let mut cx = SendCtx {
+            bound: self.cfg.max_backpressure,
+            counters: &mut self.counters,
+            dirty: &mut self.dirty,
+        };
         for (idx, c) in self.conns.iter_mut() {
-            if !c.phase.sends_data() {
-                continue;
-            }
-            self.counters.messages_out += msgs;
-            if c.queue.is_empty() {
-                // Fast path: straight from the shared buffer to the socket.
-                match write_direct(&mut c.stream, &frame) {
-                    Ok((n, calls)) => {
-                        self.counters.bytes_out += n as u64;
-                        self.counters.write_calls += calls;
-                        if n < frame.len() {
-                            c.queue.push_shared_after_write(frame.clone(), n);
-                        }
-                    }
-                    Err(_) => broken.push(idx),
-                }
-            } else if c.queue.push_shared(frame.clone(), bound) == SendStatus::Dropped {
-                slow.push(idx);
-            } else if !c.has(flags::DIRTY) {
-                c.flags |= flags::DIRTY;
-                self.dirty.push(idx);
+            if c.phase.sends_data() {
+                send_shared(c, idx, &frame, msgs, &mut cx, &mut out);
             }
         }
-        for idx in broken {
+        self.settle(out);
+    }
+
+    /// Closes the connections a delivery found broken or too slow.
+    pub(super) fn settle(&mut self, out: Outcome) {
+        for idx in out.broken {
             self.remove(idx, CloseReason::PeerGone);
         }
-        for idx in slow {
+        for idx in out.slow {
             self.fail_slow(idx);
         }
     }
@@ -712,8 +702,53 @@ fn idle_cap(idle: u32, last_data: u32, now: u32, wait: u32) -> u32 {
     }
 }
 
+/// Shard parts a shared delivery touches.
+pub(super) struct SendCtx<'a> {
+    pub bound: usize,
+    pub counters: &'a mut Counters,
+    pub dirty: &'a mut Vec<usize>,
+}
+
+/// Connections a delivery could not reach: socket errors, and slow consumers over the bound.
+#[derive(Default)]
+pub(super) struct Outcome {
+    pub broken: Vec<usize>,
+    pub slow: Vec<usize>,
+}
+
+/// Gives one connection a shared frame (carrying `msgs` messages): written straight from the
+/// shared buffer when nothing is queued ahead of it (one `write`, no queue entry), else queued
+/// by reference behind what is waiting, subject to the queue bound.
+pub(super) fn send_shared(
+    c: &mut Conn,
+    idx: usize,
+    frame: &Bytes,
+    msgs: u64,
+    cx: &mut SendCtx<'_>,
+    out: &mut Outcome,
+) {
+    cx.counters.messages_out += msgs;
+    if c.queue.is_empty() {
+        match write_direct(&mut c.stream, frame) {
+            Ok((n, calls)) => {
+                cx.counters.bytes_out += n as u64;
+                cx.counters.write_calls += calls;
+                if n < frame.len() {
+                    c.queue.push_shared_after_write(frame.clone(), n);
+                }
+            }
+            Err(_) => out.broken.push(idx),
+        }
+    } else if c.queue.push_shared(frame.clone(), cx.bound) == SendStatus::Dropped {
+        out.slow.push(idx);
+    } else if !c.has(flags::DIRTY) {
+        c.flags |= flags::DIRTY;
+        cx.dirty.push(idx);
+    }
+}
+
 /// Joins frames into one buffer (no copy when there is only one).
-fn concat(mut frames: Vec<Bytes>) -> Bytes {
+pub(super) fn concat(mut frames: Vec<Bytes>) -> Bytes {
     if frames.len() == 1 {
         return frames.pop().unwrap_or_default();
     }

@@ -29,8 +29,8 @@ use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
 use crate::proto::{frame, CloseCode, OpCode};
 
-use super::conn::{flags, Phase};
-use super::event_loop::Shard;
+use super::conn::Phase;
+use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
 use super::send_queue::SendStatus;
 use super::Command;
 
@@ -149,6 +149,9 @@ pub(super) struct HubState {
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
     epoch_seed: u64,
+    /// Deliveries received this pass, per channel in arrival order, sent at the end of the
+    /// pass as one buffer per channel (or earlier, before the channel's subscriber set changes).
+    batch: HashMap<Arc<str>, Vec<Bytes>>,
 }
 
 #[derive(Default)]
@@ -368,6 +371,7 @@ impl Shard {
 
     /// Removes a connection from a channel's local set; tells the owner when none are left.
     fn drop_local(&mut self, idx: usize, channel: &Arc<str>) {
+        self.flush_channel(channel);
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
         };
@@ -568,6 +572,7 @@ impl Shard {
             replay,
         } = answer;
         let key = (to.idx, to.gen);
+        self.flush_channel(&channel);
         let pending = self
             .hub
             .local
@@ -605,32 +610,62 @@ impl Shard {
         }
     }
 
-    /// Queues a delivery on every live local subscriber; each is flushed once this pass.
+    /// Holds a delivery until the end of the pass: all of a channel's deliveries in one pass
+    /// go to each subscriber as one buffer, with one write (or one queue entry) per subscriber.
     fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
-        let Some(l) = self.hub.local.get(channel) else {
+        if !self.hub.local.contains_key(channel) {
+            return;
+        }
+        match self.hub.batch.get_mut(channel) {
+            Some(frames) => frames.push(frame),
+            None => {
+                self.hub.batch.insert(Arc::clone(channel), vec![frame]);
+            }
+        }
+    }
+
+    /// Sends every channel's held deliveries (end of the pass).
+    pub(super) fn hub_flush_all(&mut self) {
+        if self.hub.batch.is_empty() {
+            return;
+        }
+        let channels: Vec<Arc<str>> = self.hub.batch.keys().cloned().collect();
+        for ch in channels {
+            self.flush_channel(&ch);
+        }
+    }
+
+    /// Sends a channel's held deliveries to its live subscribers now. Called before the
+    /// subscriber set changes, so each delivery reaches exactly the set it was sent to: a
+    /// connection that just became live must not get deliveries its replay already holds.
+    fn flush_channel(&mut self, channel: &Arc<str>) {
+        let Some(frames) = self.hub.batch.remove(channel) else {
             return;
         };
-        let bound = self.cfg.max_backpressure;
-        let mut slow = Vec::new();
-        for &(i, g) in &l.live {
+        let Some(l) = self.hub.local.get_mut(channel) else {
+            return;
+        };
+        let msgs = frames.len() as u64;
+        let frame = concat(frames);
+        let live = std::mem::take(&mut l.live);
+        let mut out = Outcome::default();
+        let mut cx = SendCtx {
+            bound: self.cfg.max_backpressure,
+            counters: &mut self.counters,
+            dirty: &mut self.dirty,
+        };
+        for &(i, g) in &live {
             let idx = i as usize;
-            let Some(c) = self.conns.get_mut(idx) else {
-                continue;
-            };
-            if c.generation != g || c.phase != Phase::Open {
-                continue;
-            }
-            self.counters.messages_out += 1;
-            if c.queue.push_shared(frame.clone(), bound) == SendStatus::Dropped {
-                slow.push(idx);
-            } else if !c.has(flags::DIRTY) {
-                c.flags |= flags::DIRTY;
-                self.dirty.push(idx);
+            if let Some(c) = self.conns.get_mut(idx) {
+                if c.generation == g && c.phase == Phase::Open {
+                    send_shared(c, idx, &frame, msgs, &mut cx, &mut out);
+                }
             }
         }
-        for idx in slow {
-            self.fail_slow(idx);
+        if let Some(l) = self.hub.local.get_mut(channel) {
+            l.live = live;
         }
+        self.settle(out);
     }
 }
 
