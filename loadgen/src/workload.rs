@@ -31,7 +31,7 @@ pub fn echo_payload(size: usize) -> Vec<u8> {
 /// unmasked frames, then a fresh key written and the payload masked in place per frame.
 ///
 /// §5.3: "The masking key needs to be unpredictable", so every frame gets its own key; what
-/// is saved is the header encoding and the per-frame appends. [`encode_frame_into`] is the
+/// is saved is the header encoding and the per-frame appends. `starling::proto::frame::encode_frame_into` is the
 /// reference this is tested against.
 pub struct FrameBatch {
     /// `MAX_BATCH` copies of the frame with a zero key and the payload unmasked.
