@@ -14,6 +14,7 @@ mod admission;
 mod conn;
 mod event_loop;
 mod hub;
+mod lifecycle;
 mod listener;
 mod read;
 pub mod send_queue;
