@@ -24,7 +24,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::hub::history::{History, Recovery};
 use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
 use crate::proto::{frame, CloseCode, OpCode};
@@ -128,19 +127,11 @@ pub struct Subscribed {
     pub replay: Vec<Bytes>,
 }
 
-/// The owner's state for one channel.
-struct Owned {
-    last_seq: u64,
-    history: History,
-    /// Bit i = shard i has (or is getting) subscribers.
-    interested: u64,
-}
-
 /// One shard's hub state.
 #[derive(Default)]
 pub(super) struct HubState {
     /// Channels this shard owns.
-    owned: HashMap<Arc<str>, Owned>,
+    pub(super) owned: HashMap<Arc<str>, super::hub_owner::Owned>,
     /// Local subscribers per channel: live ones and ones waiting for the owner's answer.
     local: HashMap<Arc<str>, Local>,
     /// Channels of each local connection, by slab index.
@@ -148,7 +139,7 @@ pub(super) struct HubState {
     /// Commands this shard sends to itself (it owns the channel), in FIFO order.
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
-    epoch_seed: u64,
+    pub(super) epoch_seed: u64,
     /// Deliveries received this pass, per channel in arrival order, sent at the end of the
     /// pass as one buffer per channel (or earlier, before the channel's subscriber set changes).
     batch: HashMap<Arc<str>, Vec<Bytes>>,
@@ -242,12 +233,12 @@ pub(super) fn owner_of(channel: &str, shards: usize) -> usize {
 }
 
 impl Shard {
-    fn shard_count(&self) -> usize {
+    pub(super) fn shard_count(&self) -> usize {
         self.peer_count() + 1
     }
 
     /// Sends hub traffic to shard `to` (itself included, through the FIFO `to_self`).
-    fn hub_send(&mut self, to: usize, cmd: HubCmd) {
+    pub(super) fn hub_send(&mut self, to: usize, cmd: HubCmd) {
         if to == self.id {
             self.hub.to_self.push_back(cmd);
         } else {
@@ -524,99 +515,6 @@ impl Shard {
         self.conns
             .get(a.idx as usize)
             .is_some_and(|c| c.generation == a.gen)
-    }
-
-    fn owned_entry(&mut self, channel: &Arc<str>) -> &mut Owned {
-        let (cap, ttl) = (
-            self.cfg.history_size,
-            self.cfg.history_ttl.as_millis() as u64,
-        );
-        let seed = &mut self.hub.epoch_seed;
-        self.hub
-            .owned
-            .entry(Arc::clone(channel))
-            .or_insert_with(|| {
-                // A fresh epoch whenever the channel's state is (re)created, so a resume against
-                // history that no longer exists is detected instead of silently matching.
-                *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let epoch = ((t ^ *seed).wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32) as u32;
-                Owned {
-                    last_seq: 0,
-                    history: History::new(epoch, cap, ttl),
-                    interested: 0,
-                }
-            })
-    }
-
-    fn own_publish(&mut self, channel: Arc<str>, data: &RawValue, from: Publisher) {
-        let now = self.now;
-        let keep = self.cfg.history_size > 0;
-        let o = self.owned_entry(&channel);
-        o.last_seq += 1;
-        let seq = o.last_seq;
-        let frame = wire::delivery_frame(&channel, seq, data);
-        if keep {
-            o.history.expire(now);
-            o.history.push(seq, now, frame.clone());
-        }
-        let interested = o.interested;
-        for shard in 0..self.shard_count() {
-            if interested & (1u64 << shard) != 0 {
-                self.hub_send(
-                    shard,
-                    HubCmd::Deliver {
-                        channel: Arc::clone(&channel),
-                        frame: frame.clone(),
-                    },
-                );
-            }
-        }
-        match from {
-            Publisher::Conn(to, id) => {
-                self.hub_send(to.shard as usize, HubCmd::Published { to, id, seq })
-            }
-            // The caller may have given up waiting; nothing to undo then.
-            Publisher::Caller(tx) => {
-                let _ = tx.send(seq);
-            }
-        }
-    }
-
-    fn own_subscribe(
-        &mut self,
-        channel: Arc<str>,
-        from: ConnAddr,
-        id: Option<u64>,
-        since: Option<(Option<u32>, u64)>,
-    ) {
-        let now = self.now;
-        let o = self.owned_entry(&channel);
-        o.interested |= 1u64 << from.shard;
-        o.history.expire(now);
-        let (epoch, seq) = (o.history.epoch(), o.last_seq);
-        let (recovered, replay) = match since {
-            None => (None, Vec::new()),
-            Some((None, _)) => (Some(false), Vec::new()),
-            Some((Some(e), s)) => match o.history.since(e, s, seq, now) {
-                Recovery::UpToDate => (Some(true), Vec::new()),
-                Recovery::Replay(frames) => (Some(true), frames.cloned().collect()),
-                Recovery::Gone => (Some(false), Vec::new()),
-            },
-        };
-        let answer = Subscribed {
-            channel,
-            to: from,
-            id,
-            epoch,
-            seq,
-            recovered,
-            replay,
-        };
-        self.hub_send(from.shard as usize, HubCmd::Subscribed(answer));
     }
 
     fn on_subscribed(&mut self, answer: Subscribed) {

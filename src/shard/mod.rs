@@ -14,6 +14,7 @@ mod admission;
 mod conn;
 mod event_loop;
 mod hub;
+mod hub_owner;
 mod lifecycle;
 mod listener;
 mod read;
