@@ -287,10 +287,10 @@ fn rusage_self() -> (f64, f64) {
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is a plain bit array; all-zeroes is the valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; the size passed is exactly that of `set`, which
-    // is valid and writable for the call.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: pid 0 is the calling thread; `size` is exactly that of `set`, which is valid
+    // and writable for the call.
+    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
     if rc != 0 {
         return Vec::new();
     }
