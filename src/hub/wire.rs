@@ -29,7 +29,8 @@ use crate::proto::CloseCode;
 
 mod write;
 pub use write::{
-    delivery_frame, reply_error, reply_ok, reply_published, reply_subscribed, write_command,
+    decimal_len, delivery_frame, push_u64, reply_error, reply_ok, reply_published,
+    reply_subscribed, write_command,
 };
 
 /// The longest channel name, in bytes. Long enough for `org/project:room@region` style names,

@@ -31,6 +31,8 @@
 pub mod scan;
 pub mod session;
 
+use starling::hub::wire::{decimal_len, push_u64};
+
 use crate::workload::Stamp;
 
 /// Prefix of every channel name: `bench.0 .. bench.{K-1}`.
@@ -271,26 +273,6 @@ fn general_stamp(data: &[u8]) -> Option<Heard> {
             None => 0,
         },
     })
-}
-
-/// Decimal digits of `n`.
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |l| l as usize + 1)
-}
-
-/// Appends `n` in decimal without going through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[at..]);
 }
 
 #[cfg(test)]

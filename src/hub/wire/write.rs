@@ -144,29 +144,14 @@ fn open_reply(out: &mut Vec<u8>, id: Option<u64>, ok: bool) {
     out.extend_from_slice(if ok { b"\"ok\":true" } else { b"\"ok\":false" });
 }
 
-/// How many decimal digits `n` takes.
-pub(super) fn decimal_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 10 {
-        n /= 10;
-        len += 1;
-    }
-    len
+/// How many decimal digits `n` takes (to size a buffer before writing it).
+pub fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
-/// Appends `n` in decimal, without going through `fmt`.
-pub(super) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[at..]);
+/// Appends `n` in decimal (itoa: no `fmt` machinery on the delivery path).
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `epoch` as 8 lowercase hex digits.
