@@ -140,6 +140,47 @@ impl Counters {
         self.open = self.open.saturating_sub(1);
     }
 
+    /// Every single-valued field by name, in declaration order (`closed` is the per-reason
+    /// array beside it). Exhaustive on purpose: a new field fails to compile here until it is
+    /// named, so every reader of this list (the JSON stats) shows it.
+    pub fn named(&self) -> [(&'static str, u64); 15] {
+        let Counters {
+            open,
+            accepted,
+            upgraded,
+            closed: _,
+            messages_in,
+            messages_out,
+            bytes_in,
+            bytes_out,
+            read_calls,
+            write_calls,
+            close_timeouts,
+            accept_emfile,
+            loop_iterations,
+            loop_busy_us,
+            hub_channels,
+            hub_subscriptions,
+        } = *self;
+        [
+            ("open", open),
+            ("accepted", accepted),
+            ("upgraded", upgraded),
+            ("messages_in", messages_in),
+            ("messages_out", messages_out),
+            ("bytes_in", bytes_in),
+            ("bytes_out", bytes_out),
+            ("read_calls", read_calls),
+            ("write_calls", write_calls),
+            ("close_timeouts", close_timeouts),
+            ("accept_emfile", accept_emfile),
+            ("loop_iterations", loop_iterations),
+            ("loop_busy_us", loop_busy_us),
+            ("hub_channels", hub_channels),
+            ("hub_subscriptions", hub_subscriptions),
+        ]
+    }
+
     /// Ended connections for one reason.
     pub fn closed_for(&self, reason: CloseReason) -> u64 {
         self.closed[reason as usize]
