@@ -140,6 +140,9 @@ pub(super) struct HubState {
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
     pub(super) epoch_seed: u64,
+    /// Subscriptions held by local connections (the sum of `by_conn` lengths, kept as it
+    /// changes so the gauge never walks the slab).
+    subscriptions: u64,
     /// Deliveries received this pass, per channel in arrival order, sent at the end of the
     /// pass as one buffer per channel (or earlier, before the channel's subscriber set changes).
     batch: HashMap<Arc<str>, Vec<Bytes>>,
@@ -393,6 +396,7 @@ impl Shard {
             self.hub.by_conn.resize_with(idx + 1, Subs::default);
         }
         self.hub.by_conn[idx].push(Arc::clone(&channel));
+        self.hub.subscriptions += 1;
         let owner = owner_of(&channel, self.shard_count());
         self.hub_send(
             owner,
@@ -407,6 +411,9 @@ impl Shard {
 
     fn hub_unsubscribe(&mut self, idx: usize, id: Option<u64>, ch: &str) {
         let found = self.hub.by_conn.get_mut(idx).and_then(|v| v.remove(ch));
+        if found.is_some() {
+            self.hub.subscriptions -= 1;
+        }
         match found {
             Some(channel) => {
                 self.drop_local(idx, &channel);
@@ -444,7 +451,9 @@ impl Shard {
     /// A connection is leaving the slab: forget its subscriptions.
     pub(super) fn hub_forget(&mut self, idx: usize) {
         let chans = self.hub.by_conn.get_mut(idx).map(Subs::take_all);
-        for ch in chans.unwrap_or_default() {
+        let chans = chans.unwrap_or_default();
+        self.hub.subscriptions -= chans.len() as u64;
+        for ch in chans {
             self.drop_local(idx, &ch);
         }
     }
@@ -459,7 +468,7 @@ impl Shard {
             o.interested != 0 || !o.history.is_empty()
         });
         self.counters.hub_channels = self.hub.owned.len() as u64;
-        self.counters.hub_subscriptions = self.hub.by_conn.iter().map(|v| v.len() as u64).sum();
+        self.counters.hub_subscriptions = self.hub.subscriptions;
     }
 
     /// Runs commands this shard sent to itself, until none are left.
