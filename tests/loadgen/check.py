@@ -50,17 +50,18 @@ class Server:
             raise RuntimeError(f"{self.name}: no 'listening' line (got {line!r}): {self.stderr()}")
         return int(line.split()[1])
 
-    def _wait_connectable(self):
+    def _wait_connectable(self, port=None):
+        port = self.port if port is None else port
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.stderr()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"{self.name}: port {self.port} not accepting")
+        raise RuntimeError(f"{self.name}: port {port} not accepting")
 
     def stderr(self):
         self.log.seek(0)
@@ -104,6 +105,8 @@ def starling_hub(bin_dir, shards):
     argv = [os.path.join(bin_dir, "starling"), "serve", "--listen", f"127.0.0.1:{port}",
             "--app", "hub", "--shards", str(shards), "--api-listen", f"127.0.0.1:{api}"]
     s = Server(f"starling hub x{shards}", argv, port=port)
+    # The admin API starts on its own thread, possibly after the shards accept.
+    s._wait_connectable(api)
     s.api = api
     return s
 
