@@ -8,10 +8,12 @@
 //!    them while we read the next socket; writable connections are only marked dirty;
 //! 4. **inbox**: commands from other threads (broadcasts, drain), after clearing the wake flag;
 //! 5. **timers**: handshake, heartbeat, pong, close deadlines that are due;
-//! 6. **flush**: the pass's broadcast frames, concatenated once, go to every open connection
-//!    (directly with one `write` when its queue is empty), then every connection still dirty
-//!    (timers, inbox, writable events) goes out in one `writev`. Nothing queued in a pass
-//!    waits for the next one.
+//! 6. **flush**: hub deliveries of the pass go to each channel's subscribers; the pass's
+//!    broadcast frames join the broadcast stream and the sweep writes the next blocks of
+//!    connections that are behind (`sweep.rs`: one `write` per connection of everything it
+//!    lacks, a bounded number of connections per pass, the poll timeout 0 until it is done);
+//!    then every connection still dirty (replies, timers, inbox, writable events) goes out in
+//!    one `writev`.
 //!
 //! Events whose token names a connection that is gone (slot free or generation different) are
 //! ignored: mio may report readiness for a socket we already closed in the same pass.
@@ -74,9 +76,11 @@ pub(crate) struct Shard {
     pub(super) dirty: Vec<usize>,
     /// Connections whose reads were cut short (budget or backpressure).
     pub(super) pending_reads: Vec<usize>,
-    /// Broadcast frames to deliver to every open connection at the end of this pass.
+    /// Broadcast frames that arrived this pass, committed to `sweep` at its end.
     pub(super) batch: Vec<Bytes>,
     pub(super) batch_msgs: u64,
+    /// The broadcast stream and how far each block of connections has been written.
+    pub(super) sweep: super::sweep::Sweep,
     /// Frames that came from this shard's own connections this pass, encoded back to back
     /// (to deliver locally and forward to peers as one buffer).
     pub(super) outgoing: BytesMut,
@@ -142,6 +146,7 @@ impl Shard {
             pending_reads: Vec::new(),
             batch: Vec::new(),
             batch_msgs: 0,
+            sweep: Default::default(),
             outgoing: BytesMut::new(),
             outgoing_msgs: 0,
             partial_hs: HashMap::new(),
@@ -249,7 +254,7 @@ impl Shard {
 
             // 6. Flush.
             self.hub_flush_all();
-            self.deliver_batch();
+            self.sweep_step();
             self.flush_dirty();
 
             self.counters.loop_busy_us += woke.elapsed().as_micros() as u64;
@@ -271,7 +276,7 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.pending_reads.is_empty() {
+        if !self.pending_reads.is_empty() || !self.sweep.is_idle() {
             return Some(Duration::ZERO);
         }
         let mut next = self.now + 1000;
@@ -410,6 +415,8 @@ impl Shard {
             return;
         }
         self.drain_deadline = Some(self.now + self.ms.drain);
+        // Broadcasts already committed go out before the close frames.
+        self.sweep_finish();
         // Stop accepting: closing our listener takes us out of the SO_REUSEPORT group.
         self.listener = None;
         let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
@@ -433,29 +440,6 @@ impl Shard {
             Some(t) => self.conns.is_empty() || self.now >= t,
             None => false,
         }
-    }
-
-    /// Delivers this pass's broadcast frames to every open connection. The frames are joined
-    /// into one buffer once, so each recipient costs one `write` (or one queue entry) however
-    /// many messages the pass carried.
-    fn deliver_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let frame = concat(std::mem::take(&mut self.batch));
-        let msgs = std::mem::take(&mut self.batch_msgs);
-        let mut out = Outcome::default();
-        let mut cx = SendCtx {
-            bound: self.cfg.max_backpressure,
-            counters: &mut self.counters,
-            dirty: &mut self.dirty,
-        };
-        for (idx, c) in self.conns.iter_mut() {
-            if c.phase.sends_data() {
-                send_shared(c, idx, &frame, msgs, &mut cx, &mut out);
-            }
-        }
-        self.settle(out);
     }
 
     /// Closes the connections a delivery found broken or too slow.

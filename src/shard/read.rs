@@ -142,6 +142,8 @@ impl Shard {
                         return;
                     }
                 }
+                // Broadcasts committed before this connection opened are not its own.
+                self.sweep_join(idx);
                 let protocols = &self.cfg.protocols;
                 let c = &mut self.conns[idx];
                 c.queue.push_owned(&mut self.pool, usize::MAX, |v| {

@@ -90,3 +90,63 @@ fn messages_from_clients_on_different_shards_all_arrive() {
         assert!(next.iter().all(|&x| x == 10), "client {k}: {next:?}");
     }
 }
+
+#[test]
+fn many_connections_get_every_message_once_and_late_joiners_only_what_follows() {
+    // 1,200 connections on one shard: more than the shard writes per loop pass, so deliveries
+    // span several passes and new messages join the writes still ahead.
+    let server = TestServer::start(Config {
+        app: App::Broadcast,
+        shards: 1,
+        ..config()
+    });
+    let mut clients: Vec<Ws> = (0..1200).map(|_| ws::connect(server.addr())).collect();
+    let burst = |c: &mut Ws, from: usize, to: usize| {
+        for i in from..to {
+            c.write(Message::Text(format!("m{i}"))).unwrap();
+        }
+        c.flush().unwrap();
+    };
+    burst(&mut clients[0], 0, 25);
+    burst(&mut clients[0], 25, 50);
+    // The publisher hears its own 50 back: they are committed to the broadcast stream.
+    for i in 0..50 {
+        assert_eq!(
+            ws::next_data(&mut clients[0]),
+            Message::Text(format!("m{i}"))
+        );
+    }
+    let mut late = ws::connect(server.addr());
+    burst(&mut clients[0], 50, 60);
+    for i in 50..60 {
+        assert_eq!(
+            ws::next_data(&mut clients[0]),
+            Message::Text(format!("m{i}"))
+        );
+    }
+    for (k, c) in clients.iter_mut().enumerate().skip(1) {
+        for i in 0..60 {
+            assert_eq!(
+                ws::next_data(c),
+                Message::Text(format!("m{i}")),
+                "client {k} message {i}"
+            );
+        }
+    }
+    // The late connection opened after m49 went out: its first message is m50.
+    for i in 50..60 {
+        assert_eq!(
+            ws::next_data(&mut late),
+            Message::Text(format!("m{i}")),
+            "late client"
+        );
+    }
+    let c = server.counters();
+    assert_eq!(c.messages_in, 60, "{c}");
+    assert!(
+        wait_until(PATIENCE, || server.counters().messages_out
+            == 1200 * 60 + 10),
+        "{}",
+        server.counters()
+    );
+}
