@@ -276,7 +276,7 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.pending_reads.is_empty() || !self.sweep.is_idle() {
+        if !self.pending_reads.is_empty() || !self.sweep.is_idle() || self.hub_sweeping() {
             return Some(Duration::ZERO);
         }
         let mut next = self.now + 1000;
@@ -415,8 +415,9 @@ impl Shard {
             return;
         }
         self.drain_deadline = Some(self.now + self.ms.drain);
-        // Broadcasts already committed go out before the close frames.
+        // Broadcasts and deliveries already committed go out before the close frames.
         self.sweep_finish();
+        self.hub_finish_all();
         // Stop accepting: closing our listener takes us out of the SO_REUSEPORT group.
         self.listener = None;
         let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
@@ -537,19 +538,6 @@ pub(super) fn send_shared(
         c.flags |= flags::DIRTY;
         cx.dirty.push(idx);
     }
-}
-
-/// Joins frames into one buffer (no copy when there is only one).
-pub(super) fn concat(mut frames: Vec<Bytes>) -> Bytes {
-    if frames.len() == 1 {
-        return frames.pop().unwrap_or_default();
-    }
-    let len = frames.iter().map(Bytes::len).sum();
-    let mut out = BytesMut::with_capacity(len);
-    for f in &frames {
-        out.extend_from_slice(f);
-    }
-    out.freeze()
 }
 
 /// Writes as much of `buf` as the socket takes. Returns (bytes, calls).

@@ -28,8 +28,7 @@ use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
 use crate::proto::{frame, CloseCode, OpCode};
 
-use super::conn::Phase;
-use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
+use super::event_loop::Shard;
 use super::send_queue::SendStatus;
 use super::Command;
 
@@ -133,7 +132,7 @@ pub(super) struct HubState {
     /// Channels this shard owns.
     pub(super) owned: HashMap<Arc<str>, super::hub_owner::Owned>,
     /// Local subscribers per channel: live ones and ones waiting for the owner's answer.
-    local: HashMap<Arc<str>, Local>,
+    pub(super) local: HashMap<Arc<str>, Local>,
     /// Channels of each local connection, by slab index.
     by_conn: Vec<Subs>,
     /// Commands this shard sends to itself (it owns the channel), in FIFO order.
@@ -143,9 +142,11 @@ pub(super) struct HubState {
     /// Subscriptions held by local connections (the sum of `by_conn` lengths, kept as it
     /// changes so the gauge never walks the slab).
     subscriptions: u64,
-    /// Deliveries received this pass, per channel in arrival order, sent at the end of the
-    /// pass as one buffer per channel (or earlier, before the channel's subscriber set changes).
-    batch: HashMap<Arc<str>, Vec<Bytes>>,
+    /// Deliveries received this pass, per channel in arrival order, committed to the
+    /// channel's sweep at the end of the pass (or earlier, before its subscriber set changes).
+    pub(super) batch: HashMap<Arc<str>, Vec<Bytes>>,
+    /// Channels whose sweep has subscribers still to write (`hub_sweep.rs`).
+    pub(super) sweeping: Vec<Arc<str>>,
 }
 
 /// The channels of one connection, indexed by slab index in `HubState::by_conn`. The common
@@ -213,10 +214,15 @@ impl Subs {
     }
 }
 
+/// A channel's local subscribers.
 #[derive(Default)]
-struct Local {
-    live: Vec<(u32, u32)>,
+pub(super) struct Local {
+    /// Live subscribers (slab index, generation), in the order the sweep writes them.
+    pub(super) live: Vec<(u32, u32)>,
+    /// Waiting for the owner's answer.
     pending: Vec<(u32, u32)>,
+    /// The channel's deliveries and how far each block of `live` has been written.
+    pub(super) sweep: super::sweep::Sweep,
 }
 
 impl Local {
@@ -573,64 +579,6 @@ impl Shard {
         if slow {
             self.fail_slow(idx);
         }
-    }
-
-    /// Holds a delivery until the end of the pass: all of a channel's deliveries in one pass
-    /// go to each subscriber as one buffer, with one write (or one queue entry) per subscriber.
-    fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
-        if !self.hub.local.contains_key(channel) {
-            return;
-        }
-        match self.hub.batch.get_mut(channel) {
-            Some(frames) => frames.push(frame),
-            None => {
-                self.hub.batch.insert(Arc::clone(channel), vec![frame]);
-            }
-        }
-    }
-
-    /// Sends every channel's held deliveries (end of the pass).
-    pub(super) fn hub_flush_all(&mut self) {
-        if self.hub.batch.is_empty() {
-            return;
-        }
-        let channels: Vec<Arc<str>> = self.hub.batch.keys().cloned().collect();
-        for ch in channels {
-            self.flush_channel(&ch);
-        }
-    }
-
-    /// Sends a channel's held deliveries to its live subscribers now. Called before the
-    /// subscriber set changes, so each delivery reaches exactly the set it was sent to: a
-    /// connection that just became live must not get deliveries its replay already holds.
-    fn flush_channel(&mut self, channel: &Arc<str>) {
-        let Some(frames) = self.hub.batch.remove(channel) else {
-            return;
-        };
-        let Some(l) = self.hub.local.get_mut(channel) else {
-            return;
-        };
-        let msgs = frames.len() as u64;
-        let frame = concat(frames);
-        let live = std::mem::take(&mut l.live);
-        let mut out = Outcome::default();
-        let mut cx = SendCtx {
-            bound: self.cfg.max_backpressure,
-            counters: &mut self.counters,
-            dirty: &mut self.dirty,
-        };
-        for &(i, g) in &live {
-            let idx = i as usize;
-            if let Some(c) = self.conns.get_mut(idx) {
-                if c.generation == g && c.phase == Phase::Open {
-                    send_shared(c, idx, &frame, msgs, &mut cx, &mut out);
-                }
-            }
-        }
-        if let Some(l) = self.hub.local.get_mut(channel) {
-            l.live = live;
-        }
-        self.settle(out);
     }
 }
 

@@ -15,6 +15,7 @@ mod conn;
 mod event_loop;
 mod hub;
 mod hub_owner;
+mod hub_sweep;
 mod lifecycle;
 mod listener;
 mod read;

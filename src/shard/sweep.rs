@@ -124,11 +124,19 @@ impl Sweep {
         None
     }
 
+    /// Creates blocks `0..n` that do not exist yet, at the head: positions in them receive
+    /// only what is committed from now on.
+    pub fn ensure_blocks(&mut self, n: usize) {
+        if n > self.blocks.len() {
+            self.blocks.resize(n, self.head);
+        }
+    }
+
     /// Brings `block` up to date (creating it, and any before it, at the head). Returns what
     /// it lacked, if anything.
     pub fn take_block(&mut self, block: usize) -> Option<(Bytes, u64)> {
         if block >= self.blocks.len() {
-            self.blocks.resize(block + 1, self.head);
+            self.ensure_blocks(block + 1);
             return None;
         }
         if self.blocks[block] == self.head {
@@ -291,6 +299,21 @@ mod tests {
         assert!(s.is_idle());
         s.commit(vec![b("7")], 1);
         assert_eq!(s.pending_bytes(), 1);
+    }
+
+    #[test]
+    fn ensuring_blocks_leaves_existing_ones_behind() {
+        let mut s = Sweep::default();
+        s.ensure_blocks(2);
+        s.commit(vec![b("a")], 1);
+        s.next_block().unwrap();
+        s.commit(vec![b("b")], 1);
+        // Block 1 still lacks both; making room for block 2 must not skip it.
+        s.ensure_blocks(3);
+        s.ensure_blocks(1);
+        assert_eq!(drain(&mut s), vec![(1, "ab".into(), 2), (0, "b".into(), 1)]);
+        s.commit(vec![b("c")], 1);
+        assert_eq!(drain(&mut s).len(), 3);
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! A channel's deliveries on one shard, written to its local subscribers as a sweep
+//! (`sweep.rs` explains why): each channel keeps a stream of its delivery frames and, per
+//! block of its `live` subscriber list, how far that block has been written. At the end of a
+//! pass the pass's deliveries join their channel's stream, then the shard writes the next
+//! blocks that are behind, across channels, a bounded number of subscribers per pass. A
+//! subscriber is written everything it lacks in one `write`, so new deliveries join the writes
+//! still ahead of the sweep instead of waiting for a whole pass over the channel.
+//!
+//! **The subscriber set changes only when its channel is up to date.** Before a subscriber
+//! joins `live` (its replay is queued first) or leaves it, `flush_channel` completes the
+//! channel's revolution. So every position in `live` always belongs to the block it was in
+//! when the deliveries it lacks were committed: no subscriber ever gets a delivery twice, or
+//! one from before its subscription, or misses one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::conn::Phase;
+use super::event_loop::{send_shared, Outcome, SendCtx, Shard};
+use super::sweep::{BLOCK, CONNS_PER_PASS, MAX_PENDING_BYTES};
+
+impl Shard {
+    /// Holds a delivery until the end of the pass (or the next change of the channel's
+    /// subscriber set), when it joins the channel's stream.
+    pub(super) fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
+        if !self.hub.local.contains_key(channel) {
+            return;
+        }
+        match self.hub.batch.get_mut(channel) {
+            Some(frames) => frames.push(frame),
+            None => {
+                self.hub.batch.insert(Arc::clone(channel), vec![frame]);
+            }
+        }
+    }
+
+    /// Whether some channel still has subscribers to write (the loop then polls without
+    /// waiting).
+    pub(super) fn hub_sweeping(&self) -> bool {
+        !self.hub.sweeping.is_empty()
+    }
+
+    /// End of a pass: commit every channel's held deliveries, then write up to
+    /// [`CONNS_PER_PASS`] subscribers of the channels that are behind.
+    pub(super) fn hub_flush_all(&mut self) {
+        let held: Vec<Arc<str>> = self.hub.batch.keys().cloned().collect();
+        for ch in held {
+            self.commit_channel(&ch);
+        }
+        self.hub_sweep(CONNS_PER_PASS);
+    }
+
+    /// Completes every channel's revolution (before drain's close frames).
+    pub(super) fn hub_finish_all(&mut self) {
+        let held: Vec<Arc<str>> = self.hub.batch.keys().cloned().collect();
+        for ch in held {
+            self.commit_channel(&ch);
+        }
+        self.hub_sweep(usize::MAX);
+    }
+
+    /// Brings a channel's subscribers up to date now: called before its subscriber set
+    /// changes.
+    pub(super) fn flush_channel(&mut self, channel: &Arc<str>) {
+        self.commit_channel(channel);
+        while self.sweep_channel_block(channel).is_some() {}
+    }
+
+    /// Moves a channel's held deliveries into its stream.
+    fn commit_channel(&mut self, channel: &Arc<str>) {
+        let Some(frames) = self.hub.batch.remove(channel) else {
+            return;
+        };
+        let Some(l) = self.hub.local.get_mut(channel) else {
+            return;
+        };
+        if l.live.is_empty() {
+            return;
+        }
+        // Every position of `live` has a block (new ones start at the head).
+        l.sweep.ensure_blocks(l.live.len().div_ceil(BLOCK));
+        let was_idle = l.sweep.is_idle();
+        let msgs = frames.len() as u64;
+        l.sweep.commit(frames, msgs);
+        if was_idle && !l.sweep.is_idle() {
+            self.hub.sweeping.push(Arc::clone(channel));
+        }
+    }
+
+    /// Writes blocks of the channels that are behind until `budget` subscribers have been
+    /// written or every channel is up to date. A channel whose stream is over
+    /// [`MAX_PENDING_BYTES`] is completed regardless of the budget.
+    fn hub_sweep(&mut self, mut budget: usize) {
+        let mut i = 0;
+        while i < self.hub.sweeping.len() {
+            let ch = Arc::clone(&self.hub.sweeping[i]);
+            let full = self
+                .hub
+                .local
+                .get(&ch)
+                .is_some_and(|l| l.sweep.pending_bytes() > MAX_PENDING_BYTES);
+            while budget > 0 || full {
+                match self.sweep_channel_block(&ch) {
+                    Some(n) => budget = budget.saturating_sub(n),
+                    None => break,
+                }
+            }
+            let idle = self.hub.local.get(&ch).is_none_or(|l| l.sweep.is_idle());
+            if idle {
+                self.hub.sweeping.swap_remove(i);
+            } else if budget == 0 {
+                return;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Writes the channel's next block that is behind. Returns how many subscribers it wrote
+    /// to, or `None` when the channel is up to date.
+    fn sweep_channel_block(&mut self, channel: &Arc<str>) -> Option<usize> {
+        let l = self.hub.local.get_mut(channel)?;
+        let (block, bytes, msgs) = l.sweep.next_block()?;
+        let start = (block * BLOCK).min(l.live.len());
+        let end = ((block + 1) * BLOCK).min(l.live.len());
+        let mut out = Outcome::default();
+        let mut cx = SendCtx {
+            bound: self.cfg.max_backpressure,
+            counters: &mut self.counters,
+            dirty: &mut self.dirty,
+        };
+        let mut written = 0;
+        for &(i, g) in &l.live[start..end] {
+            let idx = i as usize;
+            if let Some(c) = self.conns.get_mut(idx) {
+                if c.generation == g && c.phase == Phase::Open {
+                    send_shared(c, idx, &bytes, msgs, &mut cx, &mut out);
+                    written += 1;
+                }
+            }
+        }
+        self.settle(out);
+        Some(written)
+    }
+}
