@@ -121,6 +121,10 @@ pub struct Config {
     pub rate_limit_messages: u32,
     /// Hub: bytes per second one connection may send (0 = unlimited); same policy.
     pub rate_limit_bytes: u32,
+    /// Hub: how often an idle server-sent event stream (`GET /sse`) gets a keep-alive comment.
+    /// 15 s stays under the 30-60 s idle timeouts common in proxies and load balancers.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +159,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -244,6 +249,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
             ("close_timeout", self.close_timeout),
+            ("sse_keepalive", self.sse_keepalive),
         ] {
             if d.is_zero() {
                 return bad(field, "must be greater than zero");
@@ -451,6 +457,9 @@ pub struct ServeArgs {
     /// Hub: bytes per second per connection; 0 = unlimited [default: 0].
     #[arg(long, value_name = "N")]
     pub rate_limit_bytes: Option<u32>,
+    /// Hub: keep-alive comment interval on idle server-sent event streams [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Option<Duration>,
     /// How often counters are logged; 0 = only at exit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -487,7 +496,8 @@ impl ServeArgs {
             history_ttl,
             max_channels_per_connection,
             rate_limit_messages,
-            rate_limit_bytes
+            rate_limit_bytes,
+            sse_keepalive
         );
         if self.jwt_secret.is_some() {
             c.jwt_secret = self.jwt_secret.clone();

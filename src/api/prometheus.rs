@@ -82,7 +82,7 @@ enum Kind {
 type Meta = (&'static str, &'static str, Kind);
 
 /// Number of one-value-per-shard metrics (everything but the closings by reason).
-const SCALARS: usize = 16;
+const SCALARS: usize = 17;
 
 /// The one-value-per-shard metrics of `c`, in output order.
 fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
@@ -104,6 +104,7 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
         loop_busy_us,
         hub_channels,
         hub_subscriptions,
+        sse_streams,
     } = *c;
     let counter = |name, help, v| ((name, help, Kind::Counter), Num::Int(v));
     let gauge = |name, help, v| ((name, help, Kind::Gauge), Num::Int(v));
@@ -175,6 +176,11 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
             "hub_subscriptions",
             "Channel subscriptions held.",
             hub_subscriptions,
+        ),
+        counter(
+            "sse_streams_total",
+            "Server-sent event streams opened (GET /sse answered with 200).",
+            sse_streams,
         ),
     ]
 }

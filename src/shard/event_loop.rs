@@ -56,6 +56,7 @@ pub(super) struct Millis {
     pub idle: u32,
     pub close: u32,
     pub drain: u64,
+    pub keepalive: u32,
 }
 
 /// One shard's whole state. Only its own thread touches it.
@@ -102,6 +103,8 @@ pub(crate) struct Shard {
     pub(super) hub_in: Vec<(usize, Vec<u8>)>,
     /// Origin and token checks, per-connection grants, rate limits, expiries.
     pub(super) admission: super::admission::Admission,
+    /// Event streams' channel epochs (`GET /sse`).
+    pub(super) sse: super::sse::SseState,
 }
 
 impl Shard {
@@ -126,6 +129,7 @@ impl Shard {
             idle: ms32(cfg.idle_timeout),
             close: ms32(cfg.close_timeout),
             drain: cfg.drain_timeout.as_millis() as u64,
+            keepalive: ms32(cfg.sse_keepalive),
         };
         let admission = super::admission::Admission::new(&cfg);
         Ok(Shard {
@@ -160,6 +164,7 @@ impl Shard {
             hub: Default::default(),
             hub_in: Vec::new(),
             admission,
+            sse: Default::default(),
         })
     }
 
@@ -417,7 +422,7 @@ impl Shard {
         for idx in idxs {
             match self.conns[idx].phase {
                 Phase::Handshaking => self.remove(idx, CloseReason::Drain),
-                Phase::Open => self.start_close(
+                Phase::Open | Phase::Stream => self.start_close(
                     idx,
                     CloseCode::GOING_AWAY,
                     "server shutting down",

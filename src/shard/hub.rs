@@ -378,6 +378,18 @@ impl Shard {
             let code = ErrorCode::TooManyChannels;
             return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
         }
+        self.hub_join(idx, id, ch, since);
+    }
+
+    /// Adds a local connection to a channel as pending and asks the owner for it (the checks
+    /// are the caller's: a WebSocket subscribe or an event stream's request).
+    pub(super) fn hub_join(
+        &mut self,
+        idx: usize,
+        id: Option<u64>,
+        ch: &str,
+        since: Option<(Option<u32>, u64)>,
+    ) {
         let Some(from) = self.addr_of(idx) else {
             return;
         };
@@ -436,6 +448,7 @@ impl Shard {
         l.pending.retain(|&(i, _)| i as usize != idx);
         if l.is_empty() {
             self.hub.local.remove(channel);
+            self.sse.forget_channel(channel);
             let owner = owner_of(channel, self.shard_count());
             let shard = self.id as u32;
             self.hub_send(
@@ -556,6 +569,13 @@ impl Shard {
         l.pending.swap_remove(pos);
         l.live.push(key);
         let idx = to.idx as usize;
+        if self
+            .conns
+            .get(idx)
+            .is_some_and(|c| c.phase == Phase::Stream)
+        {
+            return self.sse_subscribed(idx, &channel, epoch, seq, recovered, replay);
+        }
         self.hub_reply(idx, |o| {
             wire::reply_subscribed(o, id, &channel, epoch, seq, recovered)
         });
@@ -619,12 +639,21 @@ impl Shard {
             counters: &mut self.counters,
             dirty: &mut self.dirty,
         };
+        // Event streams get the same deliveries as events, encoded once for all of them, and
+        // only if one is there.
+        let mut events: Option<Bytes> = None;
         for &(i, g) in &live {
             let idx = i as usize;
-            if let Some(c) = self.conns.get_mut(idx) {
-                if c.generation == g && c.phase == Phase::Open {
-                    send_shared(c, idx, &frame, msgs, &mut cx, &mut out);
+            let Some(c) = self.conns.get_mut(idx).filter(|c| c.generation == g) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Open => send_shared(c, idx, &frame, msgs, &mut cx, &mut out),
+                Phase::Stream => {
+                    let ev = events.get_or_insert_with(|| self.sse.events(channel, &frame));
+                    send_shared(c, idx, ev, msgs, &mut cx, &mut out);
                 }
+                _ => {}
             }
         }
         if let Some(l) = self.hub.local.get_mut(channel) {

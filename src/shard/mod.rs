@@ -19,6 +19,7 @@ mod lifecycle;
 mod listener;
 mod read;
 pub mod send_queue;
+mod sse;
 
 pub use conn::{Conn, Phase};
 
