@@ -25,6 +25,89 @@ pub enum App {
     Hub,
 }
 
+/// What a channel does with a subscriber whose send queue is over `max_backpressure` when
+/// one of its deliveries arrives (docs/PROTOCOL.md, "Slow subscribers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowPolicy {
+    /// Close the connection with 1008: it cannot keep up (the default).
+    #[default]
+    Disconnect,
+    /// Keep the connection and drop the delivery: the subscriber sees a `seq` gap, which it
+    /// can fill from history with `since`.
+    Drop,
+    /// Keep the connection; of the deliveries that arrive while it is over, keep only the
+    /// latest per publisher `key` and send those when its queue is back under the bound.
+    /// Deliveries without a key are dropped as with [`SlowPolicy::Drop`].
+    Conflate,
+}
+
+impl std::str::FromStr for SlowPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SlowPolicy, String> {
+        match s {
+            "disconnect" => Ok(SlowPolicy::Disconnect),
+            "drop" => Ok(SlowPolicy::Drop),
+            "conflate" => Ok(SlowPolicy::Conflate),
+            _ => Err(format!("{s:?} is not disconnect, drop or conflate")),
+        }
+    }
+}
+
+/// One slow-subscriber rule, written `PATTERN=POLICY`: channels named `PATTERN` (or starting
+/// with it, when it ends in `*`) get `POLICY`. The first matching rule wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ChannelPolicy {
+    /// An exact channel name, or a prefix followed by `*` (`*` alone: every channel).
+    pub pattern: String,
+    /// What matching channels do with slow subscribers.
+    pub policy: SlowPolicy,
+}
+
+impl ChannelPolicy {
+    /// Whether the rule covers `channel`.
+    pub fn matches(&self, channel: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => self.pattern == channel,
+        }
+    }
+}
+
+impl std::str::FromStr for ChannelPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ChannelPolicy, String> {
+        let (pattern, policy) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not PATTERN=POLICY"))?;
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        // The channel-name alphabet (hub::wire::valid_channel); empty only before a `*`.
+        let ok = name.len() <= 128
+            && (!name.is_empty() || pattern == "*")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:/@-".contains(&b));
+        if !ok {
+            return Err(format!("{pattern:?} is not a channel name or prefix*"));
+        }
+        Ok(ChannelPolicy {
+            pattern: pattern.to_owned(),
+            policy: policy.parse()?,
+        })
+    }
+}
+
+impl TryFrom<String> for ChannelPolicy {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<ChannelPolicy, String> {
+        s.parse()
+    }
+}
+
 /// The engine's configuration. `Default` is the embedded default used by `starling serve`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,6 +208,11 @@ pub struct Config {
     /// 15 s stays under the 30-60 s idle timeouts common in proxies and load balancers.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// Hub: slow-subscriber policy per channel (`"prices.*=conflate"`), first match wins;
+    /// channels no rule names disconnect slow subscribers, which is what a client that must
+    /// not miss a message wants to learn about. Resolved once per channel and shard, when its
+    /// first local subscriber arrives, not per delivery.
+    pub channel_policy: Vec<ChannelPolicy>,
 }
 
 impl Default for Config {
@@ -160,6 +248,7 @@ impl Default for Config {
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
             sse_keepalive: Duration::from_secs(15),
+            channel_policy: Vec::new(),
         }
     }
 }
@@ -210,6 +299,14 @@ impl Config {
     /// Whether clients without a token are admitted (see `anonymous`).
     pub fn allows_anonymous(&self) -> bool {
         self.anonymous.unwrap_or(self.jwt_secret.is_none())
+    }
+
+    /// The slow-subscriber policy of `channel`: the first matching rule's, else disconnect.
+    pub fn policy_for(&self, channel: &str) -> SlowPolicy {
+        self.channel_policy
+            .iter()
+            .find(|r| r.matches(channel))
+            .map_or(SlowPolicy::Disconnect, |r| r.policy)
     }
 
     /// The shard count after resolving 0 to the number of cores.
@@ -328,6 +425,21 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn channel_policies_parse_and_the_first_match_wins() {
+        let c: Config =
+            toml::from_str("channel_policy = [\"prices.*=conflate\", \"log=drop\", \"*=drop\"]\n")
+                .unwrap();
+        assert_eq!(c.policy_for("prices.AAPL"), SlowPolicy::Conflate);
+        assert_eq!(c.policy_for("log"), SlowPolicy::Drop);
+        assert_eq!(c.policy_for("other"), SlowPolicy::Drop);
+        assert_eq!(Config::default().policy_for("x"), SlowPolicy::Disconnect);
+        for bad in ["prices", "a b=drop", "x=slow", "=drop", "a*b=drop"] {
+            assert!(bad.parse::<ChannelPolicy>().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("channel_policy = [\"x=slow\"]").is_err());
     }
 
     #[test]
@@ -457,6 +569,11 @@ pub struct ServeArgs {
     /// Hub: bytes per second per connection; 0 = unlimited [default: 0].
     #[arg(long, value_name = "N")]
     pub rate_limit_bytes: Option<u32>,
+    /// Hub: what a channel does with a subscriber over --max-backpressure, as PATTERN=POLICY
+    /// with POLICY one of disconnect, drop, conflate (repeat; first match wins), e.g.
+    /// 'prices.*=conflate' [default: disconnect].
+    #[arg(long = "channel-policy", value_name = "PATTERN=POLICY")]
+    pub channel_policy: Vec<ChannelPolicy>,
     /// Hub: keep-alive comment interval on idle server-sent event streams [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Option<Duration>,
@@ -522,6 +639,9 @@ impl ServeArgs {
         }
         if !self.protocols.is_empty() {
             c.protocols = self.protocols.clone();
+        }
+        if !self.channel_policy.is_empty() {
+            c.channel_policy = self.channel_policy.clone();
         }
         c.validate()?;
         Ok(c)

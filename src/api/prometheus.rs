@@ -82,7 +82,7 @@ enum Kind {
 type Meta = (&'static str, &'static str, Kind);
 
 /// Number of one-value-per-shard metrics (everything but the closings by reason).
-const SCALARS: usize = 17;
+const SCALARS: usize = 19;
 
 /// The one-value-per-shard metrics of `c`, in output order.
 fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
@@ -105,6 +105,8 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
         hub_channels,
         hub_subscriptions,
         sse_streams,
+        deliveries_dropped,
+        deliveries_conflated,
     } = *c;
     let counter = |name, help, v| ((name, help, Kind::Counter), Num::Int(v));
     let gauge = |name, help, v| ((name, help, Kind::Gauge), Num::Int(v));
@@ -181,6 +183,16 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
             "sse_streams_total",
             "Server-sent event streams opened (GET /sse answered with 200).",
             sse_streams,
+        ),
+        counter(
+            "deliveries_dropped_total",
+            "Deliveries not sent to subscribers over their bound (drop and conflate channels).",
+            deliveries_dropped,
+        ),
+        counter(
+            "deliveries_conflated_total",
+            "Deliveries replaced by a newer one with the same key before they were sent.",
+            deliveries_conflated,
         ),
     ]
 }

@@ -1,6 +1,7 @@
 //! Pub/sub state: what a channel is, who is in it, and what it said.
 
 pub mod auth;
+pub mod conflate;
 pub mod history;
 pub mod rate;
 pub mod sse;

@@ -93,6 +93,9 @@ pub mod flags {
     /// (it is counted then, not when the socket finally goes, so counters are current while a
     /// close handshake or linger is still running).
     pub const COUNTED: u8 = 16;
+    /// Deliveries of `conflate` channels are held for it in the shard's conflation table
+    /// (`shard/slow.rs`), to be queued when its queue is back under the bound.
+    pub const HELD: u8 = 32;
 }
 
 /// One connection.

@@ -28,7 +28,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 
-use crate::config::{App, Config};
+use crate::config::{App, Config, SlowPolicy};
 use crate::metrics::{CloseReason, Counters, Published};
 use crate::proto::{CloseCode, Decoder, Role};
 use crate::timer::TimerWheel;
@@ -105,6 +105,8 @@ pub(crate) struct Shard {
     pub(super) admission: super::admission::Admission,
     /// Event streams' channel epochs (`GET /sse`).
     pub(super) sse: super::sse::SseState,
+    /// Deliveries held for connections over their bound on `conflate` channels.
+    pub(super) held: crate::hub::conflate::Conflation,
 }
 
 impl Shard {
@@ -165,6 +167,7 @@ impl Shard {
             hub_in: Vec::new(),
             admission,
             sse: Default::default(),
+            held: Default::default(),
         })
     }
 
@@ -374,6 +377,9 @@ impl Shard {
                 self.hub_forget(idx);
             }
             self.admission.remove(idx, c.generation);
+            if c.has(flags::HELD) {
+                self.held.forget(idx);
+            }
             self.wheel.cancel(idx);
             self.partial_hs.remove(&idx);
             if !c.has(flags::COUNTED) {
@@ -452,6 +458,7 @@ impl Shard {
         let mut out = Outcome::default();
         let mut cx = SendCtx {
             bound: self.cfg.max_backpressure,
+            policy: SlowPolicy::Disconnect,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
         };
@@ -507,10 +514,14 @@ impl Shard {
                 return;
             }
         }
+        let held = c.has(flags::HELD);
         if c.queue.is_empty() && c.phase == Phase::Flushing {
             // Our last bytes are out: shut our side and read until the peer's EOF.
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             c.phase = Phase::Lingering;
+        }
+        if held {
+            self.release_held(idx);
         }
     }
 }
@@ -518,6 +529,8 @@ impl Shard {
 /// Shard parts a shared delivery touches.
 pub(super) struct SendCtx<'a> {
     pub bound: usize,
+    /// What to do with a recipient over `bound`.
+    pub policy: SlowPolicy,
     pub counters: &'a mut Counters,
     pub dirty: &'a mut Vec<usize>,
 }
@@ -527,6 +540,9 @@ pub(super) struct SendCtx<'a> {
 pub(super) struct Outcome {
     pub broken: Vec<usize>,
     pub slow: Vec<usize>,
+    /// Over the bound on a channel that keeps them (drop, conflate): the delivery was not
+    /// queued; the channel's policy decides what becomes of it.
+    pub over: Vec<usize>,
 }
 
 /// Gives one connection a shared frame (carrying `msgs` messages): written straight from the
@@ -553,7 +569,13 @@ pub(super) fn send_shared(
             Err(_) => out.broken.push(idx),
         }
     } else if c.queue.push_shared(frame.clone(), cx.bound) == SendStatus::Dropped {
-        out.slow.push(idx);
+        // Only here, past the bound, does the channel's policy cost anything.
+        if cx.policy == SlowPolicy::Disconnect {
+            out.slow.push(idx);
+        } else {
+            cx.counters.messages_out -= msgs;
+            out.over.push(idx);
+        }
     } else if !c.has(flags::DIRTY) {
         c.flags |= flags::DIRTY;
         cx.dirty.push(idx);

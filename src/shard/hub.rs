@@ -24,11 +24,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::config::SlowPolicy;
 use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
 use crate::proto::{frame, CloseCode, OpCode};
 
-use super::conn::Phase;
+use super::conn::{flags, Phase};
 use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
 use super::send_queue::SendStatus;
 use super::Command;
@@ -55,6 +56,8 @@ pub enum HubCmd {
         data: Box<RawValue>,
         /// Who gets the assigned sequence number.
         from: Publisher,
+        /// The publisher's conflation key (read only on `conflate` channels).
+        key: Option<Arc<str>>,
     },
     /// To every shard: report local subscriber counts per channel.
     Channels {
@@ -80,6 +83,8 @@ pub enum HubCmd {
         channel: Arc<str>,
         /// The delivery frame, shared.
         frame: Bytes,
+        /// The publisher's conflation key, if any.
+        key: Option<Arc<str>>,
     },
     /// From the owner to the publisher's shard: the publish got `seq`.
     Published {
@@ -145,7 +150,15 @@ pub(super) struct HubState {
     subscriptions: u64,
     /// Deliveries received this pass, per channel in arrival order, sent at the end of the
     /// pass as one buffer per channel (or earlier, before the channel's subscriber set changes).
-    batch: HashMap<Arc<str>, Vec<Bytes>>,
+    batch: HashMap<Arc<str>, Batch>,
+}
+
+/// One channel's deliveries of a pass, and the conflation keys of those that have one.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Bytes>,
+    /// (index in `frames`, key); empty unless publishers give keys.
+    keys: Vec<(usize, Arc<str>)>,
 }
 
 /// The channels of one connection, indexed by slab index in `HubState::by_conn`. The common
@@ -217,6 +230,8 @@ impl Subs {
 struct Local {
     live: Vec<(u32, u32)>,
     pending: Vec<(u32, u32)>,
+    /// What this channel does with subscribers over their bound (resolved once, here).
+    policy: SlowPolicy,
 }
 
 impl Local {
@@ -335,6 +350,11 @@ impl Shard {
                 let Some(from) = self.addr_of(idx) else {
                     return;
                 };
+                // The key matters only where deliveries are conflated: read it only there.
+                let key = match self.cfg.policy_for(channel) {
+                    SlowPolicy::Conflate => crate::hub::conflate::publish_key(text).map(Arc::from),
+                    _ => None,
+                };
                 let channel: Arc<str> = Arc::from(channel);
                 let owner = owner_of(&channel, self.shard_count());
                 self.hub_send(
@@ -343,6 +363,7 @@ impl Shard {
                         channel,
                         data: data.to_owned(),
                         from: Publisher::Conn(from, id),
+                        key,
                     },
                 );
             }
@@ -398,10 +419,14 @@ impl Shard {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(ch),
         };
+        let policy = self.cfg.policy_for(&channel);
         self.hub
             .local
             .entry(Arc::clone(&channel))
-            .or_default()
+            .or_insert_with(|| Local {
+                policy,
+                ..Local::default()
+            })
             .pending
             .push((from.idx, from.gen));
         if self.hub.by_conn.len() <= idx {
@@ -441,6 +466,7 @@ impl Shard {
     /// Removes a connection from a channel's local set; tells the owner when none are left.
     fn drop_local(&mut self, idx: usize, channel: &Arc<str>) {
         self.flush_channel(channel);
+        self.unhold(idx, channel);
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
         };
@@ -498,7 +524,8 @@ impl Shard {
                 channel,
                 data,
                 from,
-            } => self.own_publish(channel, &data, from),
+                key,
+            } => self.own_publish(channel, &data, from, key),
             HubCmd::Subscribe {
                 channel,
                 from,
@@ -514,7 +541,11 @@ impl Shard {
                 }
             }
             HubCmd::Subscribed(answer) => self.on_subscribed(answer),
-            HubCmd::Deliver { channel, frame } => self.deliver_local(&channel, frame),
+            HubCmd::Deliver {
+                channel,
+                frame,
+                key,
+            } => self.deliver_local(&channel, frame, key),
             HubCmd::Channels { reply } => {
                 let list = self
                     .hub
@@ -568,6 +599,7 @@ impl Shard {
         };
         l.pending.swap_remove(pos);
         l.live.push(key);
+        let policy = l.policy;
         let idx = to.idx as usize;
         if self
             .conns
@@ -579,7 +611,12 @@ impl Shard {
         self.hub_reply(idx, |o| {
             wire::reply_subscribed(o, id, &channel, epoch, seq, recovered)
         });
-        let bound = self.cfg.max_backpressure;
+        // A channel that keeps slow subscribers must let them recover their gap from history
+        // even when it is larger than the queue bound (history bounds the replay instead).
+        let bound = match policy {
+            SlowPolicy::Disconnect => self.cfg.max_backpressure,
+            SlowPolicy::Drop | SlowPolicy::Conflate => usize::MAX,
+        };
         let mut slow = false;
         if let Some(c) = self.conns.get_mut(idx) {
             for f in replay {
@@ -597,15 +634,18 @@ impl Shard {
 
     /// Holds a delivery until the end of the pass: all of a channel's deliveries in one pass
     /// go to each subscriber as one buffer, with one write (or one queue entry) per subscriber.
-    fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
+    fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes, key: Option<Arc<str>>) {
         if !self.hub.local.contains_key(channel) {
             return;
         }
-        match self.hub.batch.get_mut(channel) {
-            Some(frames) => frames.push(frame),
-            None => {
-                self.hub.batch.insert(Arc::clone(channel), vec![frame]);
+        if !self.hub.batch.contains_key(channel) {
+            self.hub.batch.insert(Arc::clone(channel), Batch::default());
+        }
+        if let Some(b) = self.hub.batch.get_mut(channel) {
+            if let Some(k) = key {
+                b.keys.push((b.frames.len(), k));
             }
+            b.frames.push(frame);
         }
     }
 
@@ -624,18 +664,22 @@ impl Shard {
     /// subscriber set changes, so each delivery reaches exactly the set it was sent to: a
     /// connection that just became live must not get deliveries its replay already holds.
     fn flush_channel(&mut self, channel: &Arc<str>) {
-        let Some(frames) = self.hub.batch.remove(channel) else {
+        let Some(Batch { frames, keys }) = self.hub.batch.remove(channel) else {
             return;
         };
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
         };
         let msgs = frames.len() as u64;
+        let policy = l.policy;
+        // Held back per subscriber only on conflating channels, which need each frame's key.
+        let parts = (policy == SlowPolicy::Conflate).then(|| frames.clone());
         let frame = concat(frames);
         let live = std::mem::take(&mut l.live);
         let mut out = Outcome::default();
         let mut cx = SendCtx {
             bound: self.cfg.max_backpressure,
+            policy,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
         };
@@ -647,6 +691,11 @@ impl Shard {
             let Some(c) = self.conns.get_mut(idx).filter(|c| c.generation == g) else {
                 continue;
             };
+            // Deliveries are held for it already: newer ones must not overtake them.
+            if c.has(flags::HELD) && parts.is_some() {
+                out.over.push(idx);
+                continue;
+            }
             match c.phase {
                 Phase::Open => send_shared(c, idx, &frame, msgs, &mut cx, &mut out),
                 Phase::Stream => {
@@ -658,6 +707,10 @@ impl Shard {
         }
         if let Some(l) = self.hub.local.get_mut(channel) {
             l.live = live;
+        }
+        if !out.over.is_empty() {
+            let over = std::mem::take(&mut out.over);
+            self.hold(channel, policy, msgs, parts.as_deref(), &keys, over);
         }
         self.settle(out);
     }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod listener;
 mod read;
 pub mod send_queue;
+mod slow;
 mod sse;
 
 pub use conn::{Conn, Phase};
@@ -242,6 +243,7 @@ impl Server {
             channel: Arc::from(channel),
             data: data.to_owned(),
             from: hub::Publisher::Caller(tx),
+            key: None,
         }));
         if !sent {
             return Err(PublishError::Stopped);

@@ -70,3 +70,8 @@ mod admission;
 // resume with Last-Event-ID, resync, keep-alives, admission and bad requests. If you're
 // adding something about event streams, it goes in here.
 mod sse;
+
+// Per-channel slow-subscriber policies (disconnect, drop, conflate) and their counters. If
+// you're adding something about what happens to a subscriber that cannot keep up on a hub
+// channel, it goes in here.
+mod slow_policy;

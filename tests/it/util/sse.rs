@@ -2,8 +2,9 @@
 //! and then events, block by block, as the HTML standard's parser splits them (the server
 //! writes LF line ends only, which is all this reader handles).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use super::PATIENCE;
 
@@ -24,6 +25,8 @@ pub struct Event {
 pub struct Sse {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The server ended the stream (EOF or reset), as opposed to a read timeout.
+    pub ended: bool,
     /// The response head, through the blank line.
     pub head: String,
 }
@@ -31,7 +34,19 @@ pub struct Sse {
 impl Sse {
     /// `GET <target>` with extra header lines (each without CRLF).
     pub fn get(addr: SocketAddr, target: &str, headers: &[&str]) -> Sse {
-        let mut stream = TcpStream::connect(addr).expect("connect");
+        Sse::request(TcpStream::connect(addr).expect("connect"), target, headers)
+    }
+
+    /// Like [`Sse::get`] with a receive buffer of `rcvbuf` bytes set before connecting, for a
+    /// client that should stop taking data early.
+    pub fn get_with_rcvbuf(addr: SocketAddr, target: &str, rcvbuf: usize) -> Sse {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(rcvbuf).unwrap();
+        s.connect(&addr.into()).expect("connect");
+        Sse::request(s.into(), target, &[])
+    }
+
+    fn request(mut stream: TcpStream, target: &str, headers: &[&str]) -> Sse {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut req =
             format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n");
@@ -44,6 +59,7 @@ impl Sse {
         let mut s = Sse {
             stream,
             buf: Vec::new(),
+            ended: false,
             head: String::new(),
         };
         loop {
@@ -56,6 +72,11 @@ impl Sse {
         }
     }
 
+    /// How long a read waits before [`Sse::next`] gives up (`None` with `ended` false).
+    pub fn set_read_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).unwrap();
+    }
+
     /// The status code.
     pub fn status(&self) -> u16 {
         super::raw::status_of(&self.head)
@@ -64,7 +85,11 @@ impl Sse {
     fn fill(&mut self) -> bool {
         let mut tmp = [0u8; 16 * 1024];
         match self.stream.read(&mut tmp) {
-            Ok(0) | Err(_) => false,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Ok(0) | Err(_) => {
+                self.ended = true;
+                false
+            }
             Ok(n) => {
                 self.buf.extend_from_slice(&tmp[..n]);
                 true
