@@ -7,8 +7,8 @@
 //! channel closes the subscriber (1008) as before; on a `drop` channel it is counted and
 //! forgotten; on a `conflate` channel each keyed delivery goes into the shard's conflation
 //! table (`hub/conflate.rs`), replacing the held one of the same key, and the connection is
-//! flagged [`flags::HELD`]. While the flag is set, that channel's deliveries go to the table
-//! too, so nothing overtakes what is held. Each time the connection's queue is written and is
+//! flagged [`flags::HELD`]. While the flag is set, its deliveries of conflating channels go to
+//! the table too (even once its queue is under the bound), so nothing overtakes what is held. Each time the connection's queue is written and is
 //! back under its bound, the held deliveries are queued, oldest first, and written.
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::App;
+use crate::config::{App, SlowPolicy};
 use crate::hub::sse;
 use crate::metrics::CloseReason;
 use crate::proto::handshake::EventStream;
@@ -121,7 +121,12 @@ impl Shard {
             .and_then(|f| sse::delivery_seq(f))
             .map_or(seq, |first| first.saturating_sub(1));
         let opening = sse::opening_event(channel, epoch, seq, recovered, from);
-        let bound = self.cfg.max_backpressure;
+        // As for a WebSocket resume: channels that keep slow subscribers let the replay through
+        // whole (history bounds it), so that a gap can always be recovered.
+        let bound = match self.cfg.policy_for(channel) {
+            SlowPolicy::Disconnect => self.cfg.max_backpressure,
+            SlowPolicy::Drop | SlowPolicy::Conflate => usize::MAX,
+        };
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
