@@ -335,6 +335,9 @@ mod tests {
             open: 1,
             messages_in: 5,
             loop_busy_us: 250_000,
+            deliveries_dropped: 7,
+            deliveries_conflated: 3,
+            sse_streams: 2,
             ..Counters::default()
         };
         vec![a, b]
@@ -356,6 +359,10 @@ mod tests {
             "starling_loop_busy_seconds_total 1.75",
             "starling_shard_loop_busy_seconds_total{shard=\"1\"} 0.25",
             "starling_uptime_seconds 1.5",
+            "starling_deliveries_dropped_total 7",
+            "starling_deliveries_conflated_total 3",
+            "starling_shard_deliveries_dropped_total{shard=\"1\"} 7",
+            "starling_sse_streams_total 2",
             "starling_draining 0",
             "starling_shards 2",
             "process_resident_memory_bytes 4096",

@@ -271,6 +271,21 @@ fn bad_queries_get_400_and_other_apps_404() {
         assert_eq!(s.status(), 400, "{target}: {}", s.head);
         assert!(!s.rest().is_empty(), "400 names the problem");
     }
+    // Two resume positions, a body, another method: refused before any stream.
+    for (req, want) in [
+        (
+            "GET /sse?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1\r\nLast-Event-ID: 2\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /sse?channel=a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            400,
+        ),
+        ("POST /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ] {
+        let (status, head, _, _) = crate::util::raw::http(server.addr(), req.as_bytes());
+        assert_eq!(status, want, "{req:?}: {head}");
+    }
     let echo = TestServer::start(config());
     let mut s = Sse::get(echo.addr(), "/sse?channel=news", &[]);
     assert_eq!(s.status(), 404, "{}", s.head);
@@ -292,4 +307,24 @@ fn a_drain_ends_every_stream() {
     }
     let totals = server.join();
     assert_eq!(totals.closed_for(CloseReason::Drain), 4, "{totals}");
+}
+
+#[test]
+fn a_stream_ends_when_its_token_expires() {
+    let server = TestServer::start(Config {
+        app: App::Hub,
+        jwt_secret: Some(SECRET.into()),
+        ..config()
+    });
+    let t = issue(SECRET.as_bytes(), "alice", now() + 2, &["*"], &[]);
+    let mut s = open(&server, &format!("/sse?channel=news&token={t}"), &[]);
+    assert_eq!(s.next_event().unwrap().event.as_deref(), Some("subscribed"));
+    assert!(s.next_event().is_none(), "the stream ends");
+    assert!(s.ended, "by the server, not a timeout");
+    drop(s);
+    assert!(
+        server.wait_closed(CloseReason::TokenExpired, 1),
+        "{}",
+        server.counters()
+    );
 }
