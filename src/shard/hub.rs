@@ -672,8 +672,6 @@ impl Shard {
         };
         let msgs = frames.len() as u64;
         let policy = l.policy;
-        // Held back per subscriber only on conflating channels, which need each frame's key.
-        let parts = (policy == SlowPolicy::Conflate).then(|| frames.clone());
         let frame = concat(frames);
         let live = std::mem::take(&mut l.live);
         let mut out = Outcome::default();
@@ -692,7 +690,7 @@ impl Shard {
                 continue;
             };
             // Deliveries are held for it already: newer ones must not overtake them.
-            if c.has(flags::HELD) && parts.is_some() {
+            if c.has(flags::HELD) && policy == SlowPolicy::Conflate {
                 out.over.push(idx);
                 continue;
             }
@@ -710,7 +708,7 @@ impl Shard {
         }
         if !out.over.is_empty() {
             let over = std::mem::take(&mut out.over);
-            self.hold(channel, policy, msgs, parts.as_deref(), &keys, over);
+            self.hold(channel, policy, msgs, &frame, &keys, over);
         }
         self.settle(out);
     }

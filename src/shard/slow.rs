@@ -17,26 +17,29 @@ use bytes::Bytes;
 
 use crate::config::SlowPolicy;
 use crate::hub::conflate::Put;
+use crate::proto::frame::FrameHeader;
 
 use super::conn::{flags, Phase};
 use super::event_loop::{io_reason, Shard};
 
 impl Shard {
-    /// Deliveries of `channel` (`msgs` of them this pass; `parts` one frame each, given for
-    /// conflating channels) that the connections in `over` did not take.
+    /// The deliveries of `channel` this pass (`msgs` frames joined in `frames`, with the keys
+    /// of those that have one) that the connections in `over` did not take.
     pub(super) fn hold(
         &mut self,
         channel: &Arc<str>,
         policy: SlowPolicy,
         msgs: u64,
-        parts: Option<&[Bytes]>,
+        frames: &Bytes,
         keys: &[(usize, Arc<str>)],
         over: Vec<usize>,
     ) {
-        let (SlowPolicy::Conflate, Some(parts)) = (policy, parts) else {
+        if policy != SlowPolicy::Conflate {
             self.counters.deliveries_dropped += msgs * over.len() as u64;
             return;
-        };
+        }
+        // Each delivery on its own, as slices of the shared buffer (no copy).
+        let parts = split_frames(frames);
         let bound = self.cfg.max_backpressure;
         for idx in over {
             if !self
@@ -129,5 +132,50 @@ impl Shard {
                 return;
             }
         }
+    }
+}
+
+/// The frames joined back to back in `buf` (the shard's own delivery frames), each a slice of
+/// it. Stops at anything that is not a whole frame.
+fn split_frames(buf: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((h, n))) = FrameHeader::parse(&buf[at..]) {
+        let end = usize::try_from(h.payload_len)
+            .ok()
+            .and_then(|len| (at + n).checked_add(len))
+            .filter(|&end| end <= buf.len());
+        let Some(end) = end else {
+            break;
+        };
+        out.push(buf.slice(at..end));
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_frames;
+    use bytes::Bytes;
+
+    #[test]
+    fn joined_frames_split_back_into_slices() {
+        let mut joined = Vec::new();
+        for payload in [&b"a"[..], &[7u8; 300][..], b""] {
+            crate::proto::frame::encode_frame_into(
+                &mut joined,
+                crate::proto::OpCode::Text,
+                payload,
+                None,
+            );
+        }
+        let buf = Bytes::from(joined);
+        let parts = split_frames(&buf);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().map(Bytes::len).sum::<usize>(), buf.len());
+        assert_eq!(&parts[0][..], b"\x81\x01a");
+        assert_eq!(split_frames(&buf.slice(..buf.len() - 1)).len(), 2);
+        assert_eq!(split_frames(&buf.slice(..4)).len(), 1);
     }
 }
