@@ -9,7 +9,13 @@
 //! table (`hub/conflate.rs`), replacing the held one of the same key, and the connection is
 //! flagged [`flags::HELD`]. While the flag is set, its deliveries of conflating channels go to
 //! the table too (even once its queue is under the bound), so nothing overtakes what is held. Each time the connection's queue is written and is
-//! back under its bound, the held deliveries are queued, oldest first, and written.
+//! back under its bound, the held deliveries are queued, oldest first, and written. For an
+//! event stream a held delivery becomes its event when it is released: an encoding per
+//! recipient, but only on this path, for subscribers that fell behind.
+//!
+//! `hold` parses the pass's joined frame buffer back into one slice per delivery, on this
+//! path only, so a conflating channel costs nothing more than any other while its
+//! subscribers keep up.
 
 use std::sync::Arc;
 
