@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod policy;
+pub use policy::{ChannelPolicy, SlowPolicy};
+
 /// What the engine does with the messages it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +124,15 @@ pub struct Config {
     pub rate_limit_messages: u32,
     /// Hub: bytes per second one connection may send (0 = unlimited); same policy.
     pub rate_limit_bytes: u32,
+    /// Hub: how often an idle server-sent event stream (`GET /sse`) gets a keep-alive comment.
+    /// 15 s stays under the 30-60 s idle timeouts common in proxies and load balancers.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
+    /// Hub: slow-subscriber policy per channel (`"prices.*=conflate"`), first match wins;
+    /// channels no rule names disconnect slow subscribers, which is what a client that must
+    /// not miss a message wants to learn about. Resolved once per channel and shard, when its
+    /// first local subscriber arrives, not per delivery.
+    pub channel_policy: Vec<ChannelPolicy>,
 }
 
 impl Default for Config {
@@ -155,6 +167,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
+            sse_keepalive: Duration::from_secs(15),
+            channel_policy: Vec::new(),
         }
     }
 }
@@ -207,6 +221,14 @@ impl Config {
         self.anonymous.unwrap_or(self.jwt_secret.is_none())
     }
 
+    /// The slow-subscriber policy of `channel`: the first matching rule's, else disconnect.
+    pub fn policy_for(&self, channel: &str) -> SlowPolicy {
+        self.channel_policy
+            .iter()
+            .find(|r| r.matches(channel))
+            .map_or(SlowPolicy::Disconnect, |r| r.policy)
+    }
+
     /// The shard count after resolving 0 to the number of cores.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
@@ -244,6 +266,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
             ("close_timeout", self.close_timeout),
+            ("sse_keepalive", self.sse_keepalive),
         ] {
             if d.is_zero() {
                 return bad(field, "must be greater than zero");
@@ -322,6 +345,21 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn channel_policies_parse_and_the_first_match_wins() {
+        let c: Config =
+            toml::from_str("channel_policy = [\"prices.*=conflate\", \"log=drop\", \"*=drop\"]\n")
+                .unwrap();
+        assert_eq!(c.policy_for("prices.AAPL"), SlowPolicy::Conflate);
+        assert_eq!(c.policy_for("log"), SlowPolicy::Drop);
+        assert_eq!(c.policy_for("other"), SlowPolicy::Drop);
+        assert_eq!(Config::default().policy_for("x"), SlowPolicy::Disconnect);
+        for bad in ["prices", "a b=drop", "x=slow", "=drop", "a*b=drop"] {
+            assert!(bad.parse::<ChannelPolicy>().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("channel_policy = [\"x=slow\"]").is_err());
     }
 
     #[test]
@@ -451,6 +489,14 @@ pub struct ServeArgs {
     /// Hub: bytes per second per connection; 0 = unlimited [default: 0].
     #[arg(long, value_name = "N")]
     pub rate_limit_bytes: Option<u32>,
+    /// Hub: what a channel does with a subscriber over --max-backpressure, as PATTERN=POLICY
+    /// with POLICY one of disconnect, drop, conflate (repeat; first match wins), e.g.
+    /// 'prices.*=conflate' [default: disconnect].
+    #[arg(long = "channel-policy", value_name = "PATTERN=POLICY")]
+    pub channel_policy: Vec<ChannelPolicy>,
+    /// Hub: keep-alive comment interval on idle server-sent event streams [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Option<Duration>,
     /// How often counters are logged; 0 = only at exit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -487,7 +533,8 @@ impl ServeArgs {
             history_ttl,
             max_channels_per_connection,
             rate_limit_messages,
-            rate_limit_bytes
+            rate_limit_bytes,
+            sse_keepalive
         );
         if self.jwt_secret.is_some() {
             c.jwt_secret = self.jwt_secret.clone();
@@ -512,6 +559,9 @@ impl ServeArgs {
         }
         if !self.protocols.is_empty() {
             c.protocols = self.protocols.clone();
+        }
+        if !self.channel_policy.is_empty() {
+            c.channel_policy = self.channel_policy.clone();
         }
         c.validate()?;
         Ok(c)

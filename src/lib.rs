@@ -15,8 +15,10 @@
 //!   snapshots.
 //! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
 //! - [`hub`]: the channel protocol's pure parts (client JSON wire format, per-channel
-//!   history for resume). The shards hold the channel state (`shard/hub.rs`): each channel has
-//!   one owner shard that numbers its messages, so every subscriber sees one order.
+//!   history for resume, server-sent event encoding, the conflation table for slow
+//!   subscribers). The shards hold the channel state (`shard/hub.rs`): each channel has one
+//!   owner shard that numbers its messages, so every subscriber sees one order. A `GET /sse`
+//!   stream (`shard/sse.rs`) is one more local subscriber whose deliveries are events.
 //! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
 //!   thread and port; it only reads what the shards publish.
 //!
@@ -40,6 +42,8 @@
 //! parsed in place, unmasked in place; replies queued and flushed once per loop pass; heartbeats
 //! from the timer wheel) → `Closing` (we sent Close, waiting for the peer's) or `Flushing` (our
 //! last bytes queued) → `Lingering` (write side shut, reading to EOF) → removed from the slab.
+//! A `GET /sse` request instead gets a `200` and goes to `Stream` (events out, input ignored)
+//! until the client leaves or the server ends it with `Flushing`.
 //!
 //! # How a broadcast flows
 //!

@@ -109,6 +109,14 @@ pub struct Counters {
     pub hub_channels: u64,
     /// Hub: local subscriptions, live or being set up (gauge).
     pub hub_subscriptions: u64,
+    /// Hub: server-sent event streams opened (`GET /sse`, 200 sent).
+    pub sse_streams: u64,
+    /// Hub: deliveries not sent to a subscriber over its bound on a `drop` channel (or, on a
+    /// `conflate` channel, unkeyed or over the conflation bounds). Each is a `seq` gap.
+    pub deliveries_dropped: u64,
+    /// Hub: deliveries replaced, before they were sent, by a newer one with the same key on a
+    /// `conflate` channel. Each is a `seq` gap too.
+    pub deliveries_conflated: u64,
 }
 
 impl Counters {
@@ -132,6 +140,9 @@ impl Counters {
         self.loop_busy_us += o.loop_busy_us;
         self.hub_channels += o.hub_channels;
         self.hub_subscriptions += o.hub_subscriptions;
+        self.sse_streams += o.sse_streams;
+        self.deliveries_dropped += o.deliveries_dropped;
+        self.deliveries_conflated += o.deliveries_conflated;
     }
 
     /// Counts one ended connection (reason and removal at once).
@@ -143,7 +154,7 @@ impl Counters {
     /// Every single-valued field by name, in declaration order (`closed` is the per-reason
     /// array beside it). Exhaustive on purpose: a new field fails to compile here until it is
     /// named, so every reader of this list (the JSON stats) shows it.
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 18] {
         let Counters {
             open,
             accepted,
@@ -161,6 +172,9 @@ impl Counters {
             loop_busy_us,
             hub_channels,
             hub_subscriptions,
+            sse_streams,
+            deliveries_dropped,
+            deliveries_conflated,
         } = *self;
         [
             ("open", open),
@@ -178,6 +192,9 @@ impl Counters {
             ("loop_busy_us", loop_busy_us),
             ("hub_channels", hub_channels),
             ("hub_subscriptions", hub_subscriptions),
+            ("sse_streams", sse_streams),
+            ("deliveries_dropped", deliveries_dropped),
+            ("deliveries_conflated", deliveries_conflated),
         ]
     }
 

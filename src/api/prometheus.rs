@@ -82,7 +82,7 @@ enum Kind {
 type Meta = (&'static str, &'static str, Kind);
 
 /// Number of one-value-per-shard metrics (everything but the closings by reason).
-const SCALARS: usize = 16;
+const SCALARS: usize = 19;
 
 /// The one-value-per-shard metrics of `c`, in output order.
 fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
@@ -104,6 +104,9 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
         loop_busy_us,
         hub_channels,
         hub_subscriptions,
+        sse_streams,
+        deliveries_dropped,
+        deliveries_conflated,
     } = *c;
     let counter = |name, help, v| ((name, help, Kind::Counter), Num::Int(v));
     let gauge = |name, help, v| ((name, help, Kind::Gauge), Num::Int(v));
@@ -175,6 +178,21 @@ fn scalars(c: &Counters) -> [(Meta, Num); SCALARS] {
             "hub_subscriptions",
             "Channel subscriptions held.",
             hub_subscriptions,
+        ),
+        counter(
+            "sse_streams_total",
+            "Server-sent event streams opened (GET /sse answered with 200).",
+            sse_streams,
+        ),
+        counter(
+            "deliveries_dropped_total",
+            "Deliveries not sent to subscribers over their bound (drop and conflate channels).",
+            deliveries_dropped,
+        ),
+        counter(
+            "deliveries_conflated_total",
+            "Deliveries replaced by a newer one with the same key before they were sent.",
+            deliveries_conflated,
         ),
     ]
 }
@@ -317,6 +335,9 @@ mod tests {
             open: 1,
             messages_in: 5,
             loop_busy_us: 250_000,
+            deliveries_dropped: 7,
+            deliveries_conflated: 3,
+            sse_streams: 2,
             ..Counters::default()
         };
         vec![a, b]
@@ -338,6 +359,10 @@ mod tests {
             "starling_loop_busy_seconds_total 1.75",
             "starling_shard_loop_busy_seconds_total{shard=\"1\"} 0.25",
             "starling_uptime_seconds 1.5",
+            "starling_deliveries_dropped_total 7",
+            "starling_deliveries_conflated_total 3",
+            "starling_shard_deliveries_dropped_total{shard=\"1\"} 7",
+            "starling_sse_streams_total 2",
             "starling_draining 0",
             "starling_shards 2",
             "process_resident_memory_bytes 4096",

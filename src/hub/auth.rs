@@ -379,7 +379,7 @@ fn bearer(header: &str) -> Option<&str> {
 /// RFC 3986 §2.1 percent-decoding. A `%` not followed by two hex digits is kept as it is, and
 /// bytes that do not form UTF-8 are replaced; either way the result is then just a bad token.
 /// `+` stays `+`: a JWT's alphabet has neither `+` nor space, so form-encoding never matters.
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }

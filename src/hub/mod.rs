@@ -1,6 +1,8 @@
 //! Pub/sub state: what a channel is, who is in it, and what it said.
 
 pub mod auth;
+pub mod conflate;
 pub mod history;
 pub mod rate;
+pub mod sse;
 pub mod wire;

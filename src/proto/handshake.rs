@@ -20,6 +20,9 @@
 //!   itself rejects any version token other than `HTTP/1.0` and `HTTP/1.1` (also 400).
 //! - `GET /healthz` without `Upgrade: websocket` is a load balancer probe and is answered at any
 //!   HTTP version (HAProxy's default `httpchk` speaks HTTP/1.0). A query string is ignored.
+//! - `GET /sse` without `Upgrade: websocket` asks for a server-sent event stream
+//!   ([`Request::EventStream`]); what it may subscribe to is the caller's business (its query is
+//!   read by `hub::sse`, its credentials by the same admission as an upgrade).
 //! - Request targets are passed through verbatim; routing on them is the caller's business.
 //! - A request with a body (`Transfer-Encoding`, or `Content-Length` other than 0) is refused:
 //!   its body would otherwise be mistaken for the first WebSocket frames.
@@ -52,6 +55,23 @@ pub enum Request {
     /// A plain (non-upgrade) `GET /healthz` — for load balancers; the caller writes
     /// [`HEALTH_RESPONSE`].
     Health,
+    /// A plain (non-upgrade) `GET /sse?...`: a server-sent event stream is wanted.
+    EventStream(EventStream),
+}
+
+/// A request for a server-sent event stream (`GET /sse`, no upgrade): what admission and the
+/// stream need from its header block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventStream {
+    /// The request target as sent, e.g. `/sse?channel=news&token=abc`.
+    pub path: String,
+    /// The `Origin` header, if sent (browsers send it on a cross-origin `EventSource`).
+    pub origin: Option<String>,
+    /// The `Authorization` header, if sent once and valid UTF-8.
+    pub authorization: Option<String>,
+    /// The `Last-Event-ID` header an `EventSource` sends when it reconnects, if sent once and
+    /// valid UTF-8.
+    pub last_event_id: Option<String>,
 }
 
 /// A validated upgrade request: everything the server needs to answer it.
@@ -252,10 +272,10 @@ pub fn parse_request(
     // case-insensitive value." Without it this is not a WebSocket attempt at all; an Upgrade to
     // something else may be ignored (RFC 9110 §7.8), which lets a probe through.
     if !has_token(headers, "upgrade", b"websocket") {
-        return if path.split('?').next() == Some("/healthz") {
-            Ok(Some((Request::Health, consumed)))
-        } else {
-            Err(HandshakeError::UpgradeRequired)
+        return match path.split('?').next() {
+            Some("/healthz") => Ok(Some((Request::Health, consumed))),
+            Some("/sse") => event_stream(headers, path).map(|r| Some((r, consumed))),
+            _ => Err(HandshakeError::UpgradeRequired),
         };
     }
     // §4.1: "the HTTP version MUST be at least 1.1". httparse reports 0 for HTTP/1.0.
@@ -315,6 +335,38 @@ pub fn parse_request(
         }),
         consumed,
     )))
+}
+
+/// The fields of a `GET /sse` request. Bytes after its header block would be a second
+/// request, which a stream never reads, so a body is refused as on an upgrade.
+fn event_stream(headers: &[Header<'_>], path: &str) -> Result<Request, HandshakeError> {
+    if values(headers, "transfer-encoding").next().is_some()
+        || values(headers, "content-length").any(|v| v.trim_ascii() != b"0")
+    {
+        return Err(HandshakeError::UnexpectedBody);
+    }
+    let text = |name| match single(headers, name) {
+        Ok(Some(v)) => std::str::from_utf8(v.trim_ascii()).ok().map(str::to_owned),
+        _ => None,
+    };
+    let origin = match single(headers, "origin") {
+        Ok(None) => None,
+        Ok(Some(o)) => match std::str::from_utf8(o.trim_ascii()) {
+            Ok(s) => Some(s.to_owned()),
+            Err(_) => return Err(HandshakeError::BadOrigin),
+        },
+        Err(()) => return Err(HandshakeError::BadOrigin),
+    };
+    // Two resume positions cannot both be honoured; guessing one could hide a gap.
+    if single(headers, "last-event-id").is_err() {
+        return Err(HandshakeError::Malformed);
+    }
+    Ok(Request::EventStream(EventStream {
+        path: path.to_owned(),
+        origin,
+        authorization: text("authorization"),
+        last_event_id: text("last-event-id"),
+    }))
 }
 
 /// §4.2.2: the selected subprotocol "MUST be derived from the client's handshake, specifically

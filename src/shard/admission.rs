@@ -1,5 +1,5 @@
-//! Admission and per-connection policy: who may open a WebSocket (origin allow-list and JWT,
-//! checked on the upgrade request before any 101 is sent), what each connection may do with
+//! Admission and per-connection policy: who may open a WebSocket or an event stream (origin
+//! allow-list and JWT, checked on the request before any 101 or 200 is sent), what each connection may do with
 //! channels (its grant), how fast it may send (token buckets), and when its token runs out.
 //!
 //! Connections that need none of this (anonymous, no rate limits) get no session at all, so
@@ -13,7 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::Config;
 use crate::hub::auth::{self, Grant, Verifier};
 use crate::hub::rate::Bucket;
-use crate::proto::handshake::Upgrade;
 
 /// What a connection was admitted with.
 #[derive(Debug)]
@@ -64,13 +63,20 @@ impl Admission {
         }
     }
 
-    /// Decides an upgrade. `Ok(None)`: admitted, no session needed. `Ok(Some(session))`:
-    /// admitted with this session. `Err(response)`: the complete HTTP refusal (403 or 401).
-    pub fn admit(&self, up: &Upgrade, now_ms: u32) -> Result<Option<Session>, Vec<u8>> {
-        if !auth::origin_allowed(up.origin.as_deref(), &self.origins) {
+    /// Decides an upgrade (or an event stream) from its `Origin`, `Authorization` and request
+    /// target. `Ok(None)`: admitted, no session needed. `Ok(Some(session))`: admitted with
+    /// this session. `Err(response)`: the complete HTTP refusal (403 or 401).
+    pub fn admit(
+        &self,
+        origin: Option<&str>,
+        authorization: Option<&str>,
+        path: &str,
+        now_ms: u32,
+    ) -> Result<Option<Session>, Vec<u8>> {
+        if !auth::origin_allowed(origin, &self.origins) {
             return Err(auth::FORBIDDEN_ORIGIN_RESPONSE.to_vec());
         }
-        let grant = match auth::token_from(up.authorization.as_deref(), &up.path) {
+        let grant = match auth::token_from(authorization, path) {
             Some(token) => match &self.verifier {
                 Some(v) => Some(v.verify(&token, unix_now()).map_err(|e| e.response())?),
                 // Tokens mean nothing without a secret: treat the client as anonymous.

@@ -42,6 +42,10 @@ pub enum Phase {
     /// Write side shut down; we read and discard until the peer's EOF (or the close timeout),
     /// so the peer sees our last bytes instead of a reset caused by unread input.
     Lingering,
+    /// A server-sent event stream (`GET /sse`, `shard/sse.rs`): the `200` is sent, events
+    /// flow one way until the client goes; what it sends is read and discarded. Not a
+    /// WebSocket: no frames, no close handshake, so [`Phase::sends_data`] is false.
+    Stream,
 }
 
 impl Phase {
@@ -70,6 +74,8 @@ pub enum TimerKind {
     PongDue,
     /// Close handshake / final flush / linger must be over by then.
     Close,
+    /// An event stream's next keep-alive comment.
+    KeepAlive,
 }
 
 /// Flag bits in [`Conn::flags`].
@@ -87,6 +93,9 @@ pub mod flags {
     /// (it is counted then, not when the socket finally goes, so counters are current while a
     /// close handshake or linger is still running).
     pub const COUNTED: u8 = 16;
+    /// Deliveries of `conflate` channels are held for it in the shard's conflation table
+    /// (`shard/slow.rs`), to be queued when its queue is back under the bound.
+    pub const HELD: u8 = 32;
 }
 
 /// One connection.

@@ -30,7 +30,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 
-use crate::config::{App, Config};
+use crate::config::{App, Config, SlowPolicy};
 use crate::metrics::{CloseReason, Counters, Published};
 use crate::proto::{CloseCode, Decoder, Role};
 use crate::timer::TimerWheel;
@@ -58,6 +58,7 @@ pub(super) struct Millis {
     pub idle: u32,
     pub close: u32,
     pub drain: u64,
+    pub keepalive: u32,
 }
 
 /// One shard's whole state. Only its own thread touches it.
@@ -106,6 +107,10 @@ pub(crate) struct Shard {
     pub(super) hub_in: Vec<(usize, Vec<u8>)>,
     /// Origin and token checks, per-connection grants, rate limits, expiries.
     pub(super) admission: super::admission::Admission,
+    /// Event streams' channel epochs (`GET /sse`).
+    pub(super) sse: super::sse::SseState,
+    /// Deliveries held for connections over their bound on `conflate` channels.
+    pub(super) held: crate::hub::conflate::Conflation,
 }
 
 impl Shard {
@@ -130,6 +135,7 @@ impl Shard {
             idle: ms32(cfg.idle_timeout),
             close: ms32(cfg.close_timeout),
             drain: cfg.drain_timeout.as_millis() as u64,
+            keepalive: ms32(cfg.sse_keepalive),
         };
         let admission = super::admission::Admission::new(&cfg);
         Ok(Shard {
@@ -165,6 +171,8 @@ impl Shard {
             hub: Default::default(),
             hub_in: Vec::new(),
             admission,
+            sse: Default::default(),
+            held: Default::default(),
         })
     }
 
@@ -374,6 +382,9 @@ impl Shard {
                 self.hub_forget(idx);
             }
             self.admission.remove(idx, c.generation);
+            if c.has(flags::HELD) {
+                self.held.forget(idx);
+            }
             self.wheel.cancel(idx);
             self.partial_hs.remove(&idx);
             if !c.has(flags::COUNTED) {
@@ -425,7 +436,7 @@ impl Shard {
         for idx in idxs {
             match self.conns[idx].phase {
                 Phase::Handshaking => self.remove(idx, CloseReason::Drain),
-                Phase::Open => self.start_close(
+                Phase::Open | Phase::Stream => self.start_close(
                     idx,
                     CloseCode::GOING_AWAY,
                     "server shutting down",
@@ -487,10 +498,14 @@ impl Shard {
                 return;
             }
         }
+        let held = c.has(flags::HELD);
         if c.queue.is_empty() && c.phase == Phase::Flushing {
             // Our last bytes are out: shut our side and read until the peer's EOF.
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             c.phase = Phase::Lingering;
+        }
+        if held {
+            self.release_held(idx);
         }
     }
 }
@@ -498,6 +513,8 @@ impl Shard {
 /// Shard parts a shared delivery touches.
 pub(super) struct SendCtx<'a> {
     pub bound: usize,
+    /// What to do with a recipient over `bound`.
+    pub policy: SlowPolicy,
     pub counters: &'a mut Counters,
     pub dirty: &'a mut Vec<usize>,
 }
@@ -507,6 +524,9 @@ pub(super) struct SendCtx<'a> {
 pub(super) struct Outcome {
     pub broken: Vec<usize>,
     pub slow: Vec<usize>,
+    /// Over the bound on a channel that keeps them (drop, conflate): the delivery was not
+    /// queued; the channel's policy decides what becomes of it.
+    pub over: Vec<usize>,
 }
 
 /// Gives one connection a shared frame (carrying `msgs` messages): written straight from the
@@ -533,11 +553,30 @@ pub(super) fn send_shared(
             Err(_) => out.broken.push(idx),
         }
     } else if c.queue.push_shared(frame.clone(), cx.bound) == SendStatus::Dropped {
-        out.slow.push(idx);
+        // Only here, past the bound, does the channel's policy cost anything.
+        if cx.policy == SlowPolicy::Disconnect {
+            out.slow.push(idx);
+        } else {
+            cx.counters.messages_out -= msgs;
+            out.over.push(idx);
+        }
     } else if !c.has(flags::DIRTY) {
         c.flags |= flags::DIRTY;
         cx.dirty.push(idx);
     }
+}
+
+/// Joins frames into one buffer (no copy when there is only one).
+pub(super) fn concat(mut frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop().unwrap_or_default();
+    }
+    let len = frames.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for f in &frames {
+        out.extend_from_slice(f);
+    }
+    out.freeze()
 }
 
 /// Writes as much of `buf` as the socket takes. Returns (bytes, calls).

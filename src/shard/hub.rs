@@ -24,10 +24,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::config::SlowPolicy;
 use crate::hub::wire::{self, Command as Wire, ErrorCode};
 use crate::metrics::CloseReason;
 use crate::proto::{frame, CloseCode, OpCode};
 
+use super::conn::Phase;
 use super::event_loop::Shard;
 use super::send_queue::SendStatus;
 use super::Command;
@@ -54,6 +56,8 @@ pub enum HubCmd {
         data: Box<RawValue>,
         /// Who gets the assigned sequence number.
         from: Publisher,
+        /// The publisher's conflation key (read only on `conflate` channels).
+        key: Option<Arc<str>>,
     },
     /// To every shard: report local subscriber counts per channel.
     Channels {
@@ -79,6 +83,8 @@ pub enum HubCmd {
         channel: Arc<str>,
         /// The delivery frame, shared.
         frame: Bytes,
+        /// The publisher's conflation key, if any.
+        key: Option<Arc<str>>,
     },
     /// From the owner to the publisher's shard: the publish got `seq`.
     Published {
@@ -144,9 +150,17 @@ pub(super) struct HubState {
     subscriptions: u64,
     /// Deliveries received this pass, per channel in arrival order, committed to the
     /// channel's sweep at the end of the pass (or earlier, before its subscriber set changes).
-    pub(super) batch: HashMap<Arc<str>, Vec<Bytes>>,
+    pub(super) batch: HashMap<Arc<str>, Batch>,
     /// Channels whose sweep has subscribers still to write (`hub_sweep.rs`).
     pub(super) sweeping: Vec<Arc<str>>,
+}
+
+/// One channel's deliveries of a pass, and the conflation keys of those that have one.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) frames: Vec<Bytes>,
+    /// (index in `frames`, key); empty unless publishers give keys.
+    pub(super) keys: Vec<(usize, Arc<str>)>,
 }
 
 /// The channels of one connection, indexed by slab index in `HubState::by_conn`. The common
@@ -223,6 +237,8 @@ pub(super) struct Local {
     pending: Vec<(u32, u32)>,
     /// The channel's deliveries and how far each block of `live` has been written.
     pub(super) sweep: super::sweep::Sweep,
+    /// What this channel does with subscribers over their bound (resolved once, here).
+    pub(super) policy: SlowPolicy,
 }
 
 impl Local {
@@ -341,6 +357,11 @@ impl Shard {
                 let Some(from) = self.addr_of(idx) else {
                     return;
                 };
+                // The key matters only where deliveries are conflated: read it only there.
+                let key = match self.cfg.policy_for(channel) {
+                    SlowPolicy::Conflate => crate::hub::conflate::publish_key(text).map(Arc::from),
+                    _ => None,
+                };
                 let channel: Arc<str> = Arc::from(channel);
                 let owner = owner_of(&channel, self.shard_count());
                 self.hub_send(
@@ -349,6 +370,7 @@ impl Shard {
                         channel,
                         data: data.to_owned(),
                         from: Publisher::Conn(from, id),
+                        key,
                     },
                 );
             }
@@ -384,6 +406,18 @@ impl Shard {
             let code = ErrorCode::TooManyChannels;
             return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
         }
+        self.hub_join(idx, id, ch, since);
+    }
+
+    /// Adds a local connection to a channel as pending and asks the owner for it (the checks
+    /// are the caller's: a WebSocket subscribe or an event stream's request).
+    pub(super) fn hub_join(
+        &mut self,
+        idx: usize,
+        id: Option<u64>,
+        ch: &str,
+        since: Option<(Option<u32>, u64)>,
+    ) {
         let Some(from) = self.addr_of(idx) else {
             return;
         };
@@ -392,10 +426,14 @@ impl Shard {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(ch),
         };
+        let policy = self.cfg.policy_for(&channel);
         self.hub
             .local
             .entry(Arc::clone(&channel))
-            .or_default()
+            .or_insert_with(|| Local {
+                policy,
+                ..Local::default()
+            })
             .pending
             .push((from.idx, from.gen));
         if self.hub.by_conn.len() <= idx {
@@ -435,6 +473,7 @@ impl Shard {
     /// Removes a connection from a channel's local set; tells the owner when none are left.
     fn drop_local(&mut self, idx: usize, channel: &Arc<str>) {
         self.flush_channel(channel);
+        self.unhold(idx, channel);
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
         };
@@ -442,6 +481,7 @@ impl Shard {
         l.pending.retain(|&(i, _)| i as usize != idx);
         if l.is_empty() {
             self.hub.local.remove(channel);
+            self.sse.forget_channel(channel);
             let owner = owner_of(channel, self.shard_count());
             let shard = self.id as u32;
             self.hub_send(
@@ -491,7 +531,8 @@ impl Shard {
                 channel,
                 data,
                 from,
-            } => self.own_publish(channel, &data, from),
+                key,
+            } => self.own_publish(channel, &data, from, key),
             HubCmd::Subscribe {
                 channel,
                 from,
@@ -507,7 +548,11 @@ impl Shard {
                 }
             }
             HubCmd::Subscribed(answer) => self.on_subscribed(answer),
-            HubCmd::Deliver { channel, frame } => self.deliver_local(&channel, frame),
+            HubCmd::Deliver {
+                channel,
+                frame,
+                key,
+            } => self.deliver_local(&channel, frame, key),
             HubCmd::Channels { reply } => {
                 let list = self
                     .hub
@@ -561,11 +606,24 @@ impl Shard {
         };
         l.pending.swap_remove(pos);
         l.live.push(key);
+        let policy = l.policy;
         let idx = to.idx as usize;
+        if self
+            .conns
+            .get(idx)
+            .is_some_and(|c| c.phase == Phase::Stream)
+        {
+            return self.sse_subscribed(idx, &channel, epoch, seq, recovered, replay);
+        }
         self.hub_reply(idx, |o| {
             wire::reply_subscribed(o, id, &channel, epoch, seq, recovered)
         });
-        let bound = self.cfg.max_backpressure;
+        // A channel that keeps slow subscribers must let them recover their gap from history
+        // even when it is larger than the queue bound (history bounds the replay instead).
+        let bound = match policy {
+            SlowPolicy::Disconnect => self.cfg.max_backpressure,
+            SlowPolicy::Drop | SlowPolicy::Conflate => usize::MAX,
+        };
         let mut slow = false;
         if let Some(c) = self.conns.get_mut(idx) {
             for f in replay {

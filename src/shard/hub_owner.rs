@@ -47,7 +47,13 @@ impl Shard {
             })
     }
 
-    pub(super) fn own_publish(&mut self, channel: Arc<str>, data: &RawValue, from: Publisher) {
+    pub(super) fn own_publish(
+        &mut self,
+        channel: Arc<str>,
+        data: &RawValue,
+        from: Publisher,
+        key: Option<Arc<str>>,
+    ) {
         let now = self.now;
         let keep = self.cfg.history_size > 0;
         let o = self.owned_entry(&channel);
@@ -66,6 +72,7 @@ impl Shard {
                     HubCmd::Deliver {
                         channel: Arc::clone(&channel),
                         frame: frame.clone(),
+                        key: key.clone(),
                     },
                 );
             }

@@ -16,23 +16,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::conn::Phase;
-use super::event_loop::{send_shared, Outcome, SendCtx, Shard};
+use crate::config::SlowPolicy;
+
+use super::conn::{flags, Phase};
+use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
+use super::hub::Batch;
 use super::sweep::{BLOCK, CONNS_PER_PASS, MAX_PENDING_BYTES};
 
 impl Shard {
     /// Holds a delivery until the end of the pass (or the next change of the channel's
-    /// subscriber set), when it joins the channel's stream.
-    pub(super) fn deliver_local(&mut self, channel: &Arc<str>, frame: Bytes) {
+    /// subscriber set), when it joins the channel's stream. `key` is the publisher's
+    /// conflation key, given only on conflating channels.
+    pub(super) fn deliver_local(
+        &mut self,
+        channel: &Arc<str>,
+        frame: Bytes,
+        key: Option<Arc<str>>,
+    ) {
         if !self.hub.local.contains_key(channel) {
             return;
         }
-        match self.hub.batch.get_mut(channel) {
-            Some(frames) => frames.push(frame),
-            None => {
-                self.hub.batch.insert(Arc::clone(channel), vec![frame]);
-            }
+        let b = self.hub.batch.entry(Arc::clone(channel)).or_default();
+        if let Some(k) = key {
+            b.keys.push((b.frames.len(), k));
         }
+        b.frames.push(frame);
     }
 
     /// Whether some channel still has subscribers to write (the loop then polls without
@@ -67,9 +75,11 @@ impl Shard {
         while self.sweep_channel_block(channel).is_some() {}
     }
 
-    /// Moves a channel's held deliveries into its stream.
+    /// Moves a channel's held deliveries into its stream. A conflating channel is not swept:
+    /// its deliveries go to every subscriber at once, keys in hand, so that a subscriber over
+    /// its bound can have them conflated (`slow.rs`).
     fn commit_channel(&mut self, channel: &Arc<str>) {
-        let Some(frames) = self.hub.batch.remove(channel) else {
+        let Some(Batch { frames, keys }) = self.hub.batch.remove(channel) else {
             return;
         };
         let Some(l) = self.hub.local.get_mut(channel) else {
@@ -77,6 +87,9 @@ impl Shard {
         };
         if l.live.is_empty() {
             return;
+        }
+        if l.policy == SlowPolicy::Conflate {
+            return self.deliver_direct(channel, frames, &keys);
         }
         // Every position of `live` has a block (new ones start at the head).
         l.sweep.ensure_blocks(l.live.len().div_ceil(BLOCK));
@@ -86,6 +99,56 @@ impl Shard {
         if was_idle && !l.sweep.is_idle() {
             self.hub.sweeping.push(Arc::clone(channel));
         }
+    }
+
+    /// A conflating channel's deliveries of a pass, to every live subscriber now.
+    fn deliver_direct(
+        &mut self,
+        channel: &Arc<str>,
+        frames: Vec<Bytes>,
+        keys: &[(usize, Arc<str>)],
+    ) {
+        let Some(l) = self.hub.local.get_mut(channel) else {
+            return;
+        };
+        let msgs = frames.len() as u64;
+        let frame = concat(frames);
+        let live = std::mem::take(&mut l.live);
+        let mut out = Outcome::default();
+        let mut cx = SendCtx {
+            bound: self.cfg.max_backpressure,
+            policy: SlowPolicy::Conflate,
+            counters: &mut self.counters,
+            dirty: &mut self.dirty,
+        };
+        let mut events: Option<Bytes> = None;
+        for &(i, g) in &live {
+            let idx = i as usize;
+            let Some(c) = self.conns.get_mut(idx).filter(|c| c.generation == g) else {
+                continue;
+            };
+            // Deliveries are held for it already: newer ones must not overtake them.
+            if c.has(flags::HELD) {
+                out.over.push(idx);
+                continue;
+            }
+            match c.phase {
+                Phase::Open => send_shared(c, idx, &frame, msgs, &mut cx, &mut out),
+                Phase::Stream => {
+                    let ev = events.get_or_insert_with(|| self.sse.events(channel, &frame));
+                    send_shared(c, idx, ev, msgs, &mut cx, &mut out);
+                }
+                _ => {}
+            }
+        }
+        if let Some(l) = self.hub.local.get_mut(channel) {
+            l.live = live;
+        }
+        if !out.over.is_empty() {
+            let over = std::mem::take(&mut out.over);
+            self.hold(channel, SlowPolicy::Conflate, msgs, &frame, keys, over);
+        }
+        self.settle(out);
     }
 
     /// Writes blocks of the channels that are behind until `budget` subscribers have been
@@ -122,23 +185,39 @@ impl Shard {
     fn sweep_channel_block(&mut self, channel: &Arc<str>) -> Option<usize> {
         let l = self.hub.local.get_mut(channel)?;
         let (block, bytes, msgs) = l.sweep.next_block()?;
+        let policy = l.policy;
         let start = (block * BLOCK).min(l.live.len());
         let end = ((block + 1) * BLOCK).min(l.live.len());
         let mut out = Outcome::default();
         let mut cx = SendCtx {
             bound: self.cfg.max_backpressure,
+            policy,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
         };
+        // Event streams get the same deliveries as events, encoded once per block, and only
+        // if one is there.
+        let mut events: Option<Bytes> = None;
         let mut written = 0;
         for &(i, g) in &l.live[start..end] {
             let idx = i as usize;
-            if let Some(c) = self.conns.get_mut(idx) {
-                if c.generation == g && c.phase == Phase::Open {
-                    send_shared(c, idx, &bytes, msgs, &mut cx, &mut out);
-                    written += 1;
+            let Some(c) = self.conns.get_mut(idx).filter(|c| c.generation == g) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Open => send_shared(c, idx, &bytes, msgs, &mut cx, &mut out),
+                Phase::Stream => {
+                    let ev = events.get_or_insert_with(|| self.sse.events(channel, &bytes));
+                    send_shared(c, idx, ev, msgs, &mut cx, &mut out);
                 }
+                _ => continue,
             }
+            written += 1;
+        }
+        if !out.over.is_empty() {
+            // Drop policy: what did not fit is counted, and seen by the client as a gap.
+            let over = std::mem::take(&mut out.over);
+            self.hold(channel, policy, msgs, &bytes, &[], over);
         }
         self.settle(out);
         Some(written)

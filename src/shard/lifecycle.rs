@@ -34,6 +34,10 @@ impl Shard {
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
+        if c.phase == Phase::Stream {
+            // An event stream has no close handshake: its end is the end of the connection.
+            return self.finish_with(idx, r, false, |_| {});
+        }
         if c.phase != Phase::Open {
             return;
         }
@@ -79,6 +83,14 @@ impl Shard {
     /// (used to fail the connection, §7.1.7, and for slow consumers).
     pub(super) fn fail(&mut self, idx: usize, code: CloseCode, why: &str, r: CloseReason) {
         let slow = r == CloseReason::SlowConsumer;
+        if self
+            .conns
+            .get(idx)
+            .is_some_and(|c| c.phase == Phase::Stream)
+        {
+            // No frames on an event stream: it just ends.
+            return self.finish_with(idx, r, slow, |_| {});
+        }
         self.finish_with(idx, r, slow, |v| {
             let mut p = [0u8; 125];
             let n = close::close_payload(&mut p, code, why);
@@ -166,6 +178,7 @@ impl Shard {
                 self.set_timer(idx, TimerKind::PongDue, self.ms.pong);
                 self.mark_dirty(idx);
             }
+            TimerKind::KeepAlive => self.sse_keepalive(idx),
             TimerKind::PongDue => {
                 if c.has(flags::SEEN) {
                     c.missed_pongs = 0;

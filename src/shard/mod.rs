@@ -20,6 +20,8 @@ mod lifecycle;
 mod listener;
 mod read;
 pub mod send_queue;
+mod slow;
+mod sse;
 mod sweep;
 
 pub use conn::{Conn, Phase};
@@ -243,6 +245,7 @@ impl Server {
             channel: Arc::from(channel),
             data: data.to_owned(),
             from: hub::Publisher::Caller(tx),
+            key: None,
         }));
         if !sent {
             return Err(PublishError::Stopped);

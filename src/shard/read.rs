@@ -73,8 +73,9 @@ impl Shard {
             match c.phase {
                 Phase::Handshaking => self.on_handshake_bytes(idx, n),
                 Phase::Open | Phase::Closing => self.on_frames(idx, Src::ReadBuf(n)),
-                // Our last bytes are queued or sent: input is read only to reach EOF.
-                Phase::Flushing | Phase::Lingering => {}
+                // Our last bytes are queued or sent, or this is an event stream, which takes
+                // no input: read only to reach EOF.
+                Phase::Flushing | Phase::Lingering | Phase::Stream => {}
             }
             if n < self.read_buf.len() && !to_end {
                 return;
@@ -100,6 +101,8 @@ impl Shard {
             // EOF after our last bytes: the clean end of a close or an HTTP error.
             Phase::Lingering | Phase::Flushing | Phase::Closing => reason_from(c.reason),
             Phase::Handshaking | Phase::Open => CloseReason::PeerGone,
+            // Closing the connection is how an event stream's client says it is done.
+            Phase::Stream => CloseReason::Normal,
         };
         self.remove(idx, r);
     }
@@ -127,9 +130,14 @@ impl Shard {
                     v.extend_from_slice(handshake::HEALTH_RESPONSE)
                 });
             }
+            Ok(Some((Request::EventStream(req), _))) => self.sse_open(idx, req),
             Ok(Some((Request::Upgrade(up), consumed))) => {
                 // Origin and token are checked before any 101 goes out.
-                match self.admission.admit(&up, self.now as u32) {
+                let (origin, auth) = (up.origin.as_deref(), up.authorization.as_deref());
+                match self
+                    .admission
+                    .admit(origin, auth, &up.path, self.now as u32)
+                {
                     Ok(None) => {}
                     Ok(Some(session)) => {
                         let gen = self.conns[idx].generation;

@@ -22,6 +22,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::config::SlowPolicy;
+
 use super::event_loop::{send_shared, Outcome, SendCtx, Shard};
 
 /// Slab indices per block.
@@ -201,6 +203,7 @@ impl Shard {
         let mut out = Outcome::default();
         let mut cx = SendCtx {
             bound: self.cfg.max_backpressure,
+            policy: SlowPolicy::Disconnect,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
         };

@@ -27,6 +27,8 @@ const FLAGS: &[&str] = &[
     "--read-buffer-size",
     "--max-connections-per-shard",
     "--stats-interval",
+    "--channel-policy",
+    "--sse-keepalive",
 ];
 
 #[test]
@@ -52,6 +54,12 @@ fn bad_flag_values_exit_2_with_a_message() {
         ),
         (&["serve", "--max-message-size", "0"], "max_message_size"),
         (&["serve", "--protocol", "a b"], "protocols"),
+        (
+            &["serve", "--channel-policy", "log.*=slow"],
+            "--channel-policy",
+        ),
+        (&["serve", "--channel-policy", "log.*"], "--channel-policy"),
+        (&["serve", "--sse-keepalive", "0s"], "sse_keepalive"),
     ];
     for (args, mention) in cases {
         let (status, out) = run(args);
@@ -75,6 +83,11 @@ fn bad_config_files_exit_2_with_a_message() {
             "ping_interval",
         ),
         ("invalid value", "pong_timeout = \"1h\"\n", "pong_timeout"),
+        (
+            "bad channel policy",
+            "channel_policy = [\"a b=drop\"]\n",
+            "channel_policy",
+        ),
     ];
     for (name, text, mention) in cases {
         let path = temp_path("bad.toml");

@@ -65,3 +65,13 @@ mod admin_api;
 // Admission (origin, JWT before the 101), token grants on channels, expiry and refresh, rate
 // limits. If you're adding something about who may connect or what they may do, it goes here.
 mod admission;
+
+// Server-sent event streams on the main port (`GET /sse`, `--app hub`): events in order,
+// resume with Last-Event-ID, resync, keep-alives, admission and bad requests. If you're
+// adding something about event streams, it goes in here.
+mod sse;
+
+// Per-channel slow-subscriber policies (disconnect, drop, conflate) and their counters. If
+// you're adding something about what happens to a subscriber that cannot keep up on a hub
+// channel, it goes in here.
+mod slow_policy;

@@ -7,6 +7,7 @@
 
 pub mod child;
 pub mod raw;
+pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
