@@ -226,6 +226,7 @@ fn error_code(e: PublishError) -> &'static str {
         PublishError::BadChannel => "bad_channel",
         PublishError::Timeout => "timeout",
         PublishError::Stopped => "stopped",
+        PublishError::BadUser => "bad_user",
     }
 }
 

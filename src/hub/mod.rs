@@ -2,5 +2,6 @@
 
 pub mod auth;
 pub mod history;
+pub mod presence;
 pub mod rate;
 pub mod wire;
