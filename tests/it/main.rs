@@ -65,3 +65,8 @@ mod admin_api;
 // Admission (origin, JWT before the 101), token grants on channels, expiry and refresh, rate
 // limits. If you're adding something about who may connect or what they may do, it goes here.
 mod admission;
+
+// Presence (join/leave events, the member list, cleanup on every way a connection ends) and
+// direct messages to users. If you're adding something about who is in a channel or messages
+// to a user, it goes in here.
+mod presence;
