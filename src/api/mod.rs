@@ -275,7 +275,7 @@ fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
                 .with_header("WWW-Authenticate", "Bearer realm=\"starling\"");
         }
     }
-    let segment = match segment.map(percent_decode) {
+    let segment = match segment.map(http::percent_decode) {
         Some(None) => return Reply::error(400, "the path is not percent-encoded UTF-8"),
         Some(Some(s)) => s,
         None => String::new(),
@@ -292,29 +292,6 @@ fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
             Err(reply) => reply,
         },
     }
-}
-
-/// Decodes `%XX` escapes (RFC 3986 §2.1); `None` for a bad escape or a result that is not
-/// UTF-8. `+` stays `+`: this is a path, not a form.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `Allow` for `path`: every method some route on it answers.

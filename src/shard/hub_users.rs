@@ -196,7 +196,7 @@ impl Shard {
                     return;
                 };
                 g.delivered += count;
-                g.waiting -= 1;
+                g.waiting = g.waiting.saturating_sub(1);
                 if g.waiting > 0 {
                     return;
                 }
