@@ -309,6 +309,10 @@ mod tests {
         assert_eq!(c.app, App::Broadcast);
         assert_eq!(c.ping_interval, Duration::from_secs(15));
         assert_eq!(c.max_message_size, 1 << 20);
+        assert_eq!(c.max_presence_members, 10_000);
+        let c: Config = toml::from_str("max_presence_members = 0\n").unwrap();
+        assert_eq!(c.max_presence_members, 0);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //!   snapshots.
 //! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
 //! - [`hub`]: the channel protocol's pure parts (client JSON wire format, per-channel
-//!   history for resume). The shards hold the channel state (`shard/hub.rs`): each channel has
-//!   one owner shard that numbers its messages, so every subscriber sees one order.
+//!   history for resume, presence counting). The shards hold the channel state
+//!   (`shard/hub.rs`): each channel has one owner shard that numbers its messages, so every
+//!   subscriber sees one order, and counts its members (`shard/hub_presence.rs`); direct
+//!   messages to a user fan out to every shard (`shard/hub_users.rs`).
 //! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
 //!   thread and port; it only reads what the shards publish.
 //!

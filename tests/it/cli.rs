@@ -27,6 +27,7 @@ const FLAGS: &[&str] = &[
     "--read-buffer-size",
     "--max-connections-per-shard",
     "--stats-interval",
+    "--max-presence-members",
 ];
 
 #[test]
