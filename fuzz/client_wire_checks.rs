@@ -7,8 +7,9 @@
 // property is violated.
 
 /// Parses `data` as one client message and checks what the answer promises:
-/// - a command has a valid channel, borrows its strings and data from `data`, and re-encodes
-///   (`write_command`) to text that parses to the same command;
+/// - a command has a valid channel (a direct message: a valid user id instead), borrows its
+///   strings and data from `data`, and re-encodes (`write_command`) to text that parses to the
+///   same command;
 /// - a published value makes a delivery frame that decodes to exactly
 ///   `{"ch":..,"seq":..,"data":<the value's bytes>}`;
 /// - it is garbage (close 1007) exactly when serde_json does not take it as JSON;
@@ -24,7 +25,9 @@ pub fn check_client_wire(data: &[u8]) -> Result<wire::Command<'_>, wire::WireErr
         Ok(cmd) => {
             assert!(is_json, "a command from text that is not JSON");
             let channel = cmd.channel();
-            assert!(wire::valid_channel(channel), "{channel:?}");
+            if let Some(channel) = channel {
+                assert!(wire::valid_channel(channel), "{channel:?}");
+            }
             let mut again = Vec::new();
             wire::write_command(&mut again, &cmd);
             assert_eq!(
@@ -37,14 +40,25 @@ pub fn check_client_wire(data: &[u8]) -> Result<wire::Command<'_>, wire::WireErr
                 let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
                 start <= s.as_ptr() as usize && s.as_ptr() as usize + s.len() <= end
             };
-            assert!(inside(channel), "channel copied");
+            assert!(channel.is_none_or(inside), "channel copied");
             match cmd {
-                wire::Command::Publish { data: value, .. } => {
+                wire::Command::Publish {
+                    data: value,
+                    channel,
+                    ..
+                } => {
                     assert!(inside(value.get()), "data copied");
                     // Any number of digits, from the input's length.
                     let seq = (data.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
                         >> (data.len() % 64);
                     check_delivery(channel, seq, value);
+                }
+                wire::Command::Direct {
+                    user, data: value, ..
+                } => {
+                    assert!(inside(user.raw()), "user copied");
+                    assert!(inside(value.get()), "data copied");
+                    assert!(wire::valid_user(&user.get()), "{user:?}");
                 }
                 wire::Command::Subscribe { since: Some(s), .. } => assert!(inside(s.epoch)),
                 _ => {}

@@ -109,6 +109,11 @@ pub struct Config {
     /// Hub: channels one connection may subscribe to. Bounds what one client can make every
     /// shard track.
     pub max_channels_per_connection: usize,
+    /// Hub: users a channel's presence list names. Beyond it, subscribers still subscribe but
+    /// are only counted (the list says `truncated`), so one huge channel cannot make its owner
+    /// hold, or a presence reply carry, an unbounded list. 10,000 names fit in a reply of about
+    /// half a MiB. 0 keeps counts only.
+    pub max_presence_members: usize,
     /// HS256 secret for client tokens (JWT: `sub` user, `exp`, `channels.sub`/`channels.pub`
     /// patterns), checked during the upgrade, before the 101: a bad or expired token gets 401.
     /// `None` = no tokens (anonymous clients only).
@@ -162,6 +167,7 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             max_channels_per_connection: 128,
+            max_presence_members: 10_000,
             jwt_secret: None,
             anonymous: None,
             allowed_origins: Vec::new(),
@@ -326,6 +332,10 @@ mod tests {
         assert_eq!(c.app, App::Broadcast);
         assert_eq!(c.ping_interval, Duration::from_secs(15));
         assert_eq!(c.max_message_size, 1 << 20);
+        assert_eq!(c.max_presence_members, 10_000);
+        let c: Config = toml::from_str("max_presence_members = 0\n").unwrap();
+        assert_eq!(c.max_presence_members, 0);
+        c.validate().unwrap();
     }
 
     #[test]
@@ -453,6 +463,10 @@ pub struct ServeArgs {
     /// Hub: channels one connection may subscribe to [default: 128].
     #[arg(long, value_name = "N")]
     pub max_channels_per_connection: Option<usize>,
+    /// Hub: users a channel's presence list names; beyond it they are only counted
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_presence_members: Option<usize>,
     /// Address of the admin HTTP API (/healthz, /readyz, /metrics, /stats); a non-loopback
     /// address needs --api-key [default: 127.0.0.1:8081].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_api")]
@@ -532,6 +546,7 @@ impl ServeArgs {
             history_size,
             history_ttl,
             max_channels_per_connection,
+            max_presence_members,
             rate_limit_messages,
             rate_limit_bytes,
             sse_keepalive

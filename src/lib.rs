@@ -16,9 +16,11 @@
 //! - [`sys`]: process and kernel facts at start-up (open-file limit, cores, pinning).
 //! - [`hub`]: the channel protocol's pure parts (client JSON wire format, per-channel
 //!   history for resume, server-sent event encoding, the conflation table for slow
-//!   subscribers). The shards hold the channel state (`shard/hub.rs`): each channel has one
-//!   owner shard that numbers its messages, so every subscriber sees one order. A `GET /sse`
-//!   stream (`shard/sse.rs`) is one more local subscriber whose deliveries are events.
+//!   subscribers, presence counting). The shards hold the channel state (`shard/hub.rs`):
+//!   each channel has one owner shard that numbers its messages, so every subscriber sees one
+//!   order, and counts its members (`shard/hub_presence.rs`); direct messages to a user fan
+//!   out to every shard (`shard/hub_users.rs`). A `GET /sse` stream (`shard/sse.rs`) is one
+//!   more local subscriber whose deliveries are events.
 //! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
 //!   thread and port; it only reads what the shards publish.
 //!

@@ -33,11 +33,13 @@ pub enum CloseReason {
     TokenExpired,
     /// The client kept sending over its rate limit: closed with 1008.
     RateLimited,
+    /// The admin API disconnected the connection's user: closed with 4000.
+    Disconnected,
 }
 
 impl CloseReason {
     /// Number of reasons (array length).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// All reasons, in index order.
     pub const ALL: [CloseReason; Self::COUNT] = [
         CloseReason::Normal,
@@ -52,6 +54,7 @@ impl CloseReason {
         CloseReason::IoError,
         CloseReason::TokenExpired,
         CloseReason::RateLimited,
+        CloseReason::Disconnected,
     ];
 
     /// Snake-case name used in logs and metrics.
@@ -69,6 +72,7 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

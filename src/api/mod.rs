@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 use crate::metrics::Published;
-use crate::shard::{PublishError, Server};
+use crate::shard::{Members, PublishError, Server};
 use routes::Reply;
 
 /// The largest request body accepted (`POST /publish`): 1 MiB. Bigger gets 413.
@@ -69,6 +69,15 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Channels with subscribers and how many, by name ([`Server::channels`]).
     fn channels(&self, timeout: Duration) -> Vec<(String, usize)>;
+
+    /// Who is in `channel` ([`Server::presence`]).
+    fn presence(&self, channel: &str, timeout: Duration) -> Result<Members, PublishError>;
+
+    /// Sends `data` to every connection of `user` ([`Server::direct`]).
+    fn direct(&self, user: &str, data: &RawValue, timeout: Duration) -> Result<u64, PublishError>;
+
+    /// Closes every connection of `user` ([`Server::disconnect`]).
+    fn disconnect(&self, user: &str, timeout: Duration) -> usize;
 }
 
 impl Engine for Server {
@@ -83,6 +92,18 @@ impl Engine for Server {
 
     fn channels(&self, timeout: Duration) -> Vec<(String, usize)> {
         Server::channels(self, timeout)
+    }
+
+    fn presence(&self, channel: &str, timeout: Duration) -> Result<Members, PublishError> {
+        Server::presence(self, channel, timeout)
+    }
+
+    fn direct(&self, user: &str, data: &RawValue, timeout: Duration) -> Result<u64, PublishError> {
+        Server::direct(self, user, data, timeout)
+    }
+
+    fn disconnect(&self, user: &str, timeout: Duration) -> usize {
+        Server::disconnect(self, user, timeout)
     }
 }
 
@@ -135,14 +156,18 @@ enum Handler {
     Get(fn(&ApiView) -> Reply),
     /// POST, given the body (at most [`MAX_BODY`] bytes).
     Post(fn(&ApiView, &[u8]) -> Reply),
+    /// GET (and HEAD) on a path with one `{}` segment, given that segment percent-decoded.
+    GetAt(fn(&ApiView, &str) -> Reply),
+    /// POST on a path with one `{}` segment, given that segment percent-decoded and the body.
+    PostAt(fn(&ApiView, &str, &[u8]) -> Reply),
 }
 
 impl Handler {
     /// The methods this handler answers, as `Allow` lists them.
     fn methods(self) -> &'static [&'static str] {
         match self {
-            Handler::Get(_) => &["GET", "HEAD"],
-            Handler::Post(_) => &["POST"],
+            Handler::Get(_) | Handler::GetAt(_) => &["GET", "HEAD"],
+            Handler::Post(_) | Handler::PostAt(_) => &["POST"],
         }
     }
 }
@@ -170,6 +195,37 @@ impl Route {
             handler: Handler::Post(f),
         }
     }
+
+    const fn get_at(path: &'static str, access: Access, f: fn(&ApiView, &str) -> Reply) -> Route {
+        Route {
+            path,
+            access,
+            handler: Handler::GetAt(f),
+        }
+    }
+
+    const fn post_at(
+        path: &'static str,
+        access: Access,
+        f: fn(&ApiView, &str, &[u8]) -> Reply,
+    ) -> Route {
+        Route {
+            path,
+            access,
+            handler: Handler::PostAt(f),
+        }
+    }
+
+    /// Whether `path` is this route's: `Some(None)` for an exact path, `Some(Some(segment))`
+    /// for a path with `{}`, whose segment (still percent-encoded) is non-empty and may hold
+    /// slashes (channel names do).
+    fn matches<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
+        let Some((prefix, suffix)) = self.path.split_once("{}") else {
+            return (self.path == path).then_some(None);
+        };
+        let rest = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        (!rest.is_empty()).then_some(Some(rest))
+    }
 }
 
 /// Every route the API serves. A path may appear once per method.
@@ -180,6 +236,9 @@ const ROUTES: &[Route] = &[
     Route::get("/stats", Access::Key, routes::stats),
     Route::get("/channels", Access::Key, routes::channels),
     Route::post("/publish", Access::Key, routes::publish),
+    Route::get_at("/channels/{}/presence", Access::Key, routes::presence),
+    Route::post_at("/users/{}/disconnect", Access::Key, routes::disconnect),
+    Route::post("/direct", Access::Key, routes::direct),
 ];
 
 /// One request as the router sees it.
@@ -199,11 +258,15 @@ struct Incoming<'a> {
 /// Routes one request: 404, 405, 401, 413 in that order, else the route's handler.
 fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
     let path = req.target.split('?').next().unwrap_or(req.target);
-    let mut on_path = ROUTES.iter().filter(|r| r.path == path).peekable();
+    let mut on_path = ROUTES
+        .iter()
+        .filter_map(|r| Some((r, r.matches(path)?)))
+        .peekable();
     if on_path.peek().is_none() {
         return Reply::error(404, "not found");
     }
-    let Some(route) = on_path.find(|r| r.handler.methods().contains(&req.method)) else {
+    let Some((route, segment)) = on_path.find(|(r, _)| r.handler.methods().contains(&req.method))
+    else {
         return Reply::error(405, "method not allowed").with_header("Allow", &allow(path));
     };
     if let (Access::Key, Some(key)) = (route.access, key) {
@@ -212,10 +275,20 @@ fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
                 .with_header("WWW-Authenticate", "Bearer realm=\"starling\"");
         }
     }
+    let segment = match segment.map(http::percent_decode) {
+        Some(None) => return Reply::error(400, "the path is not percent-encoded UTF-8"),
+        Some(Some(s)) => s,
+        None => String::new(),
+    };
     match route.handler {
         Handler::Get(f) => f(view),
+        Handler::GetAt(f) => f(view, &segment),
         Handler::Post(f) => match read_body(req.length, req.body) {
             Ok(body) => f(view, &body),
+            Err(reply) => reply,
+        },
+        Handler::PostAt(f) => match read_body(req.length, req.body) {
+            Ok(body) => f(view, &segment, &body),
             Err(reply) => reply,
         },
     }
@@ -225,7 +298,7 @@ fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
 fn allow(path: &str) -> String {
     let methods: Vec<&str> = ROUTES
         .iter()
-        .filter(|r| r.path == path)
+        .filter(|r| r.matches(path).is_some())
         .flat_map(|r| r.handler.methods().iter().copied())
         .collect();
     methods.join(", ")
@@ -308,6 +381,29 @@ pub(super) mod tests {
 
         fn channels(&self, _: Duration) -> Vec<(String, usize)> {
             self.listing.clone()
+        }
+
+        fn presence(&self, ch: &str, _: Duration) -> Result<Members, PublishError> {
+            match ch {
+                _ if self.not_hub => Err(PublishError::NotHub),
+                _ if !crate::hub::wire::valid_channel(ch) => Err(PublishError::BadChannel),
+                _ => Ok(Members {
+                    members: vec![(ch.into(), 1)],
+                    unlisted: 0,
+                }),
+            }
+        }
+
+        fn direct(&self, user: &str, _: &RawValue, _: Duration) -> Result<u64, PublishError> {
+            match user {
+                _ if self.not_hub => Err(PublishError::NotHub),
+                _ if !crate::hub::wire::valid_user(user) => Err(PublishError::BadUser),
+                _ => Ok(user.len() as u64),
+            }
+        }
+
+        fn disconnect(&self, user: &str, _: Duration) -> usize {
+            user.len()
         }
     }
 
@@ -437,6 +533,35 @@ pub(super) mod tests {
         assert_eq!((r.status, header(&r, "Allow")), (405, Some("GET, HEAD")));
         // Method names are case-sensitive (RFC 9110 §9.1).
         assert_eq!(request(&v, None, "get", "/stats", None).status, 405);
+        // Paths with a segment: it may hold slashes, is percent-decoded, and must be there.
+        let r = request(&v, None, "GET", "/channels/chat:room/42/presence", None);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("\"chat:room/42\""), "{}", r.body);
+        let r = request(&v, None, "POST", "/users/al%20ice%C3%A9/disconnect", None);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("\"al iceé\""), "{}", r.body);
+        assert_eq!(
+            request(&v, None, "POST", "/users/%zz/disconnect", None).status,
+            400
+        );
+        assert_eq!(
+            request(&v, None, "POST", "/users/%ff/disconnect", None).status,
+            400
+        );
+        assert_eq!(
+            request(&v, None, "POST", "/users//disconnect", None).status,
+            404
+        );
+        assert_eq!(
+            request(&v, None, "GET", "/channels//presence", None).status,
+            404
+        );
+        let r = request(&v, None, "GET", "/users/a/disconnect", None);
+        assert_eq!((r.status, header(&r, "Allow")), (405, Some("POST")));
+        let r = request(&v, key, "POST", "/users/a/disconnect", None);
+        assert_eq!(r.status, 401);
+        let r = request(&v, key, "GET", "/channels/a/presence", None);
+        assert_eq!(r.status, 401);
     }
 
     #[test]

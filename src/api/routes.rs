@@ -8,6 +8,11 @@
 //! `POST /publish` and `GET /channels` are the channel protocol (docs/PROTOCOL.md) seen from
 //! the server side: a publish here goes through the channel's owner shard like a client's,
 //! gets the next sequence number, and its `data` reaches subscribers as the exact bytes sent.
+//!
+//! `GET /channels/{name}/presence`, `POST /direct` and `POST /users/{id}/disconnect` are the
+//! presence and user side: the channel's owner shard answers the list, and a direct message or
+//! a disconnect goes to every shard (only the named one for an anonymous id) and sums their
+//! counts.
 
 use std::time::Duration;
 
@@ -178,6 +183,86 @@ pub fn channels(view: &ApiView) -> Reply {
     Reply::json(200, &json!({ "channels": list }))
 }
 
+/// `GET /channels/{name}/presence`: `{"channel", "members": [{"user", "connections"}],
+/// "truncated"}` (plus `"unlisted": <connections>` when truncated), members by user id, as
+/// the channel's owner counts them. 400 for a bad name, 409 without the hub, 503 if the owner
+/// does not answer.
+pub fn presence(view: &ApiView, channel: &str) -> Reply {
+    let m = match view.engine.presence(channel, SHARD_TIMEOUT) {
+        Ok(m) => m,
+        Err(e) => return engine_error(e),
+    };
+    let members: Vec<Value> = m
+        .members
+        .iter()
+        .map(|(user, n)| json!({ "user": &**user, "connections": n }))
+        .collect();
+    let mut body = json!({
+        "channel": channel,
+        "members": members,
+        "truncated": m.unlisted > 0,
+    });
+    if m.unlisted > 0 {
+        body["unlisted"] = json!(m.unlisted);
+    }
+    Reply::json(200, &body)
+}
+
+/// `POST /users/{id}/disconnect` (no body needed): closes every connection of the user (a
+/// token's `sub` or an anonymous id) on every shard with close code 4000, reason
+/// "disconnected by server". 200 with `{"user", "disconnected": <connections>}`; 400 for an
+/// id that is no user id.
+pub fn disconnect(view: &ApiView, user: &str, _body: &[u8]) -> Reply {
+    if !crate::hub::wire::valid_user(user) {
+        return engine_error(PublishError::BadUser);
+    }
+    let n = view.engine.disconnect(user, SHARD_TIMEOUT);
+    Reply::json(200, &json!({ "user": user, "disconnected": n }))
+}
+
+/// `POST /direct`, body `{"user": "bob", "data": <any JSON>}`: delivers `{"direct": <data>}`
+/// (no `from`) to every connection of the user. 200 with `{"user", "delivered":
+/// <connections>}`; 400 for a malformed body or user id, 409 without the hub, 503 while
+/// draining.
+pub fn direct(view: &ApiView, body: &[u8]) -> Reply {
+    if view.is_draining() {
+        return Reply::error(503, "draining: messages are no longer accepted");
+    }
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Reply::error(400, "the direct body must be a JSON object");
+    }
+    let b: DirectBody<'_> = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Reply::error(400, &format!("malformed direct body: {e}")),
+    };
+    match view.engine.direct(&b.user, b.data, SHARD_TIMEOUT) {
+        Ok(n) => Reply::json(200, &json!({ "user": b.user, "delivered": n })),
+        Err(e) => engine_error(e),
+    }
+}
+
+/// The body of `POST /direct`; unknown fields are refused, as for a publish.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectBody<'a> {
+    user: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// The reply for a request the engine refused.
+fn engine_error(e: PublishError) -> Reply {
+    let status = match e {
+        PublishError::BadChannel | PublishError::BadUser => 400,
+        PublishError::NotHub => 409,
+        PublishError::Timeout | PublishError::Stopped => 503,
+    };
+    Reply::json(
+        status,
+        &json!({ "error": e.to_string(), "code": error_code(e), "status": status }),
+    )
+}
+
 /// The body of `POST /publish`. serde refuses a field given twice; unknown fields are refused
 /// too, so a misspelt `"chanel"` is a 400 rather than a publish to nowhere.
 #[derive(Deserialize)]
@@ -226,6 +311,7 @@ fn error_code(e: PublishError) -> &'static str {
         PublishError::BadChannel => "bad_channel",
         PublishError::Timeout => "timeout",
         PublishError::Stopped => "stopped",
+        PublishError::BadUser => "bad_user",
     }
 }
 
@@ -386,5 +472,42 @@ mod tests {
             {"name": "news", "subscribers": 3},
         ]});
         assert_eq!(v, want);
+    }
+
+    #[test]
+    fn presence_direct_and_disconnect_answer_from_the_engine() {
+        let view = view_with(&Arc::new(FakeEngine::default()));
+        let r = presence(&view, "room/1");
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let want = json!({"channel": "room/1", "truncated": false,
+            "members": [{"user": "room/1", "connections": 1}]});
+        assert_eq!(v, want);
+        let r = presence(&view, "no spaces");
+        assert_eq!(r.status, 400, "{r:?}");
+        let r = direct(&view, br#"{"user":"bob","data":{"x":1}}"#);
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v, json!({"user": "bob", "delivered": 3}));
+        for body in [
+            &b""[..],
+            b"[]",
+            br#"{"user":"bob"}"#,
+            br#"{"user":"b","data":1,"x":2}"#,
+        ] {
+            assert_eq!(direct(&view, body).status, 400, "{body:?}");
+        }
+        assert_eq!(direct(&view, br#"{"user":"","data":1}"#).status, 400);
+        let r = disconnect(&view, "alice", b"");
+        assert_eq!(r.status, 200, "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v, json!({"user": "alice", "disconnected": 5}));
+        assert_eq!(disconnect(&view, "a\nb", b"").status, 400);
+        let view = view_with(&Arc::new(FakeEngine {
+            not_hub: true,
+            ..FakeEngine::default()
+        }));
+        assert_eq!(presence(&view, "a").status, 409);
+        assert_eq!(direct(&view, br#"{"user":"bob","data":1}"#).status, 409);
     }
 }

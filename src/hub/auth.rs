@@ -17,7 +17,8 @@
 //! ```
 //!
 //! - `sub`: the user id, a string of 1 to [`MAX_USER_LEN`] bytes without control characters
-//!   (it ends up in presence lists and logs). Required.
+//!   (it ends up in presence lists and logs), not starting with `anon:` (the prefix of
+//!   anonymous connections' ids, see `hub::presence`). Required.
 //! - `exp`: expiry, a NumericDate (seconds). Required: a token that never expires can never be
 //!   taken back, since the server keeps no list of revoked tokens.
 //! - `nbf`: optional not-before.
@@ -294,7 +295,8 @@ fn read_claims(claims: Value) -> Result<(Grant, Option<u64>), AuthError> {
     };
     let user = match map.remove("sub") {
         Some(Value::String(s))
-            if !s.is_empty() && s.len() <= MAX_USER_LEN && !s.chars().any(char::is_control) =>
+            if crate::hub::wire::valid_user(&s)
+                && !s.starts_with(crate::hub::presence::ANON_PREFIX) =>
         {
             s
         }

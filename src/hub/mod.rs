@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conflate;
 pub mod history;
+pub mod presence;
 pub mod rate;
 pub mod sse;
 pub mod wire;

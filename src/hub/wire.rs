@@ -6,7 +6,8 @@
 //! # Contract
 //!
 //! - [`parse`] takes the payload of one whole text message and borrows from it: the channel,
-//!   the `since` epoch and the publish `data` are slices of the caller's bytes, never copies.
+//!   the `since` epoch, the direct message's `user` and the `data` are slices of the caller's
+//!   bytes, never copies.
 //!   The price of that is one rule: a channel name (or epoch) written with JSON escapes is
 //!   refused (`bad_channel`, or `bad_request` for the epoch), since no valid name needs one.
 //! - Every [`WireError`] knows its wire consequence. `close: Some(1007)` means the message is
@@ -22,6 +23,8 @@
 //!   write by hand rather than through `serde`: a delivery is built once per publish, but it is
 //!   on the hot path, and its size is known before the one allocation.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -29,13 +32,17 @@ use crate::proto::CloseCode;
 
 mod write;
 pub use write::{
-    decimal_len, delivery_frame, push_u64, reply_error, reply_ok, reply_published,
-    reply_subscribed, write_command,
+    decimal_len, delivery_frame, direct_frame, presence_event_frame, push_u64, reply_delivered,
+    reply_error, reply_ok, reply_presence, reply_published, reply_subscribed, write_command,
+    PresenceEvent,
 };
 
 /// The longest channel name, in bytes. Long enough for `org/project:room@region` style names,
 /// short enough that a name costs little in every subscription index and delivery.
 pub const MAX_CHANNEL_LEN: usize = 128;
+
+/// The longest user id, in bytes: the bound on a token's `sub` and a direct message's `user`.
+pub const MAX_USER_LEN: usize = 128;
 
 /// One client command, borrowing from the message it was parsed from.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +55,8 @@ pub enum Command<'a> {
         channel: &'a str,
         /// The last delivery the client saw, if it is resuming.
         since: Option<Since<'a>>,
+        /// Whether the client wants the channel's join and leave events (`"presence": true`).
+        presence: bool,
     },
     /// Stop receiving a channel's deliveries.
     Unsubscribe {
@@ -65,6 +74,22 @@ pub enum Command<'a> {
         /// Any JSON value, exactly as the client wrote it (delivered byte for byte).
         data: &'a RawValue,
     },
+    /// List who is in `channel`.
+    Presence {
+        /// The client's request id, echoed in the reply.
+        id: Option<u64>,
+        /// A name for which [`valid_channel`] holds.
+        channel: &'a str,
+    },
+    /// Send `data` to every connection of `user`.
+    Direct {
+        /// The client's request id, echoed in the reply.
+        id: Option<u64>,
+        /// The recipient; [`valid_user`] holds for its content.
+        user: User<'a>,
+        /// Any JSON value, exactly as the client wrote it (delivered byte for byte).
+        data: &'a RawValue,
+    },
 }
 
 impl<'a> Command<'a> {
@@ -73,16 +98,20 @@ impl<'a> Command<'a> {
         match *self {
             Command::Subscribe { id, .. }
             | Command::Unsubscribe { id, .. }
-            | Command::Publish { id, .. } => id,
+            | Command::Publish { id, .. }
+            | Command::Presence { id, .. }
+            | Command::Direct { id, .. } => id,
         }
     }
 
-    /// The channel the command is about.
-    pub fn channel(&self) -> &'a str {
+    /// The channel the command is about (`None` for a direct message, which names a user).
+    pub fn channel(&self) -> Option<&'a str> {
         match *self {
             Command::Subscribe { channel, .. }
             | Command::Unsubscribe { channel, .. }
-            | Command::Publish { channel, .. } => channel,
+            | Command::Publish { channel, .. }
+            | Command::Presence { channel, .. } => Some(channel),
+            Command::Direct { .. } => None,
         }
     }
 }
@@ -93,13 +122,19 @@ impl PartialEq for Command<'_> {
         use Command::*;
         match (self, other) {
             (
-                Subscribe { id, channel, since },
+                Subscribe {
+                    id,
+                    channel,
+                    since,
+                    presence,
+                },
                 Subscribe {
                     id: i,
                     channel: c,
                     since: s,
+                    presence: p,
                 },
-            ) => (id, channel, since) == (i, c, s),
+            ) => (id, channel, since, presence) == (i, c, s, p),
             (Unsubscribe { id, channel }, Unsubscribe { id: i, channel: c }) => {
                 (id, channel) == (i, c)
             }
@@ -111,6 +146,15 @@ impl PartialEq for Command<'_> {
                     data: d,
                 },
             ) => (id, channel, data.get()) == (i, c, d.get()),
+            (Presence { id, channel }, Presence { id: i, channel: c }) => (id, channel) == (i, c),
+            (
+                Direct { id, user, data },
+                Direct {
+                    id: i,
+                    user: u,
+                    data: d,
+                },
+            ) => (id, user, data.get()) == (i, u, d.get()),
             _ => false,
         }
     }
@@ -129,6 +173,39 @@ pub struct Since<'a> {
     /// The last sequence number the client received in that epoch.
     pub seq: u64,
 }
+
+/// A user id as the client wrote it: one JSON string token, borrowed. Its content, decoded
+/// from any escapes, satisfies [`valid_user`]; two are equal when their contents are.
+#[derive(Debug, Clone, Copy)]
+pub struct User<'a> {
+    /// The string token, quotes included.
+    raw: &'a str,
+}
+
+impl<'a> User<'a> {
+    /// The user id: borrowed when it was written without escapes (the usual case).
+    pub fn get(&self) -> Cow<'a, str> {
+        let inner = &self.raw[1..self.raw.len() - 1];
+        if !inner.contains('\\') {
+            return Cow::Borrowed(inner);
+        }
+        // Checked to decode when the command was parsed.
+        Cow::Owned(serde_json::from_str(self.raw).unwrap_or_default())
+    }
+
+    /// The string token as the client wrote it, quotes included.
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+}
+
+impl PartialEq for User<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for User<'_> {}
 
 /// The error codes a client can receive, as the `error.code` string of an error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,11 +228,13 @@ pub enum ErrorCode {
     Forbidden,
     /// The connection is over its message or byte rate.
     RateLimited,
+    /// A direct message's `user` is not a user id ([`valid_user`]).
+    BadUser,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadChannel,
@@ -165,6 +244,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
+        ErrorCode::BadUser,
     ];
 
     /// The code as it appears on the wire.
@@ -179,6 +259,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadUser => "bad_user",
         }
     }
 
@@ -194,6 +275,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "data over the size limit",
             ErrorCode::Forbidden => "not allowed on this channel",
             ErrorCode::RateLimited => "over the rate limit",
+            ErrorCode::BadUser => "user ids are 1 to 128 bytes without control characters",
         }
     }
 }
@@ -243,6 +325,10 @@ struct Fields<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    presence: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -327,7 +413,7 @@ fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
 /// not limited: values are validated without recursion (on the heap, bounded by the message
 /// size), and `data` is never parsed further, only forwarded. Anything else that is wrong gets an error reply that
 /// echoes the `id` when the message is an object whose `id` is a non-negative integer;
-/// `"id": null` and `"since": null` mean absent.
+/// `"id": null`, `"since": null` and `"presence": null` mean absent.
 pub fn parse(text: &[u8]) -> Result<Command<'_>, WireError> {
     use ErrorCode::*;
     let text = simdutf8::basic::from_utf8(text).map_err(|_| WireError::GARBAGE)?;
@@ -355,27 +441,59 @@ pub fn parse(text: &[u8]) -> Result<Command<'_>, WireError> {
         _ => return Err(err(BadRequest)),
     };
     let op = op.ok_or(err(UnknownOp))?;
-    let channel = match f.channel.map(string) {
-        Some(Str::Plain(name)) if valid_channel(name) => name,
-        Some(Str::Plain(_) | Str::Escaped) => return Err(err(BadChannel)),
-        Some(Str::Other) | None => return Err(err(BadRequest)),
+    let channel = || match f.channel.map(string) {
+        Some(Str::Plain(name)) if valid_channel(name) => Ok(name),
+        Some(Str::Plain(_) | Str::Escaped) => Err(err(BadChannel)),
+        Some(Str::Other) | None => Err(err(BadRequest)),
     };
     Ok(match op {
         Op::Subscribe => Command::Subscribe {
             id,
-            channel,
+            channel: channel()?,
             since: match non_null(f.since) {
                 Some(raw) => Some(parse_since(raw).ok_or(err(BadRequest))?),
                 None => None,
             },
+            presence: match non_null(f.presence).map(RawValue::get) {
+                Some("true") => true,
+                Some("false") | None => false,
+                Some(_) => return Err(err(BadRequest)),
+            },
         },
-        Op::Unsubscribe => Command::Unsubscribe { id, channel },
+        Op::Unsubscribe => Command::Unsubscribe {
+            id,
+            channel: channel()?,
+        },
         Op::Publish => Command::Publish {
             id,
-            channel,
+            channel: channel()?,
+            data: f.data.ok_or(err(BadRequest))?,
+        },
+        Op::Presence => Command::Presence {
+            id,
+            channel: channel()?,
+        },
+        // A direct message names a user instead of a channel.
+        Op::Direct => Command::Direct {
+            id,
+            user: match f.user {
+                Some(raw) if raw.get().starts_with('"') => user_of(raw).ok_or(err(BadUser))?,
+                _ => return Err(err(BadRequest)),
+            },
             data: f.data.ok_or(err(BadRequest))?,
         },
     })
+}
+
+/// A JSON string token as a [`User`], if its content is a user id.
+fn user_of(raw: &RawValue) -> Option<User<'_>> {
+    let user = User { raw: raw.get() };
+    let ok = match string(raw) {
+        Str::Plain(s) => valid_user(s),
+        Str::Escaped => serde_json::from_str::<String>(raw.get()).is_ok_and(|s| valid_user(&s)),
+        Str::Other => false,
+    };
+    ok.then_some(user)
 }
 
 #[derive(Clone, Copy)]
@@ -383,6 +501,8 @@ enum Op {
     Subscribe,
     Unsubscribe,
     Publish,
+    Presence,
+    Direct,
 }
 
 impl Op {
@@ -391,6 +511,8 @@ impl Op {
             "subscribe" => Some(Op::Subscribe),
             "unsubscribe" => Some(Op::Unsubscribe),
             "publish" => Some(Op::Publish),
+            "presence" => Some(Op::Presence),
+            "direct" => Some(Op::Direct),
             _ => None,
         }
     }
@@ -400,6 +522,8 @@ impl Op {
             Op::Subscribe => "subscribe",
             Op::Unsubscribe => "unsubscribe",
             Op::Publish => "publish",
+            Op::Presence => "presence",
+            Op::Direct => "direct",
         }
     }
 }
@@ -426,6 +550,12 @@ pub fn valid_channel(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:/@-".contains(&b))
 }
 
+/// Whether `user` is a user id: 1 to [`MAX_USER_LEN`] bytes without control characters. The
+/// rule for a token's `sub` and for the recipient of a direct message.
+pub fn valid_user(user: &str) -> bool {
+    (1..=MAX_USER_LEN).contains(&user.len()) && !user.chars().any(char::is_control)
+}
+
 /// Reads an epoch as the server renders it: exactly 8 hex digits (either case).
 pub fn parse_epoch(s: &str) -> Option<u32> {
     // `from_str_radix` alone would also take a sign and shorter strings.
@@ -435,5 +565,7 @@ pub fn parse_epoch(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 16).ok()
 }
 
+#[cfg(test)]
+mod presence_tests;
 #[cfg(test)]
 mod tests;

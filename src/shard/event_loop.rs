@@ -251,6 +251,9 @@ impl Shard {
                     Command::Drain => self.start_drain(),
                     Command::Shutdown => exit = true,
                     Command::Hub(c) => self.hub_command(c),
+                    Command::Disconnect { user, reply } => {
+                        let _ = reply.send(self.disconnect_user(&user));
+                    }
                 }
                 self.hub_drain_self();
             }
@@ -379,7 +382,7 @@ impl Shard {
     pub(super) fn remove(&mut self, idx: usize, reason: CloseReason) {
         if let Some(c) = self.conns.try_remove(idx) {
             if self.cfg.app == App::Hub {
-                self.hub_forget(idx);
+                self.hub_forget(idx, c.generation);
             }
             self.admission.remove(idx, c.generation);
             if c.has(flags::HELD) {

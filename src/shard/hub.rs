@@ -17,6 +17,11 @@
 //!
 //! The per-shard index (channel → local subscribers, connection → channels) is plain shard
 //! state; a connection's subscriptions are dropped with it.
+//!
+//! Presence (`hub_presence.rs`) rides beside subscriptions: every subscribe reports a join to
+//! the owner just before the subscribe itself, and every way a subscription ends goes through
+//! `drop_local`, which reports the leave. Direct messages and the user index are in
+//! `hub_users.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +107,10 @@ pub enum HubCmd {
         /// The shard.
         shard: u32,
     },
+    /// Who is in a channel: joins, leaves, lists and events.
+    Presence(super::hub_presence::PresenceCmd),
+    /// Messages to users and their tallies.
+    User(super::hub_users::UserCmd),
 }
 
 /// Who published, so the owner can tell them the sequence number it assigned.
@@ -153,6 +162,10 @@ pub(super) struct HubState {
     pub(super) batch: HashMap<Arc<str>, Batch>,
     /// Channels whose sweep has subscribers still to write (`hub_sweep.rs`).
     pub(super) sweeping: Vec<Arc<str>>,
+    /// Presence: the owner's counts, and local connections that asked for events.
+    pub(super) presence: super::hub_presence::PresenceState,
+    /// Local connections by user id, and direct messages waiting for their tallies.
+    pub(super) users: super::hub_users::UserIndex,
 }
 
 /// One channel's deliveries of a pass, and the conflation keys of those that have one.
@@ -247,6 +260,15 @@ impl Local {
     }
 }
 
+impl HubState {
+    /// Whether the connection is waiting for the owner's answer to its subscribe to `channel`.
+    pub(super) fn is_pending(&self, channel: &str, key: (u32, u32)) -> bool {
+        self.local
+            .get(channel)
+            .is_some_and(|l| l.pending.contains(&key))
+    }
+}
+
 /// FNV-1a: the channel's owner must be the same on every shard; no need for a keyed hash.
 pub(super) fn owner_of(channel: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -271,7 +293,7 @@ impl Shard {
         }
     }
 
-    fn addr_of(&self, idx: usize) -> Option<ConnAddr> {
+    pub(super) fn addr_of(&self, idx: usize) -> Option<ConnAddr> {
         self.conns.get(idx).map(|c| ConnAddr {
             shard: self.id as u32,
             idx: idx as u32,
@@ -280,7 +302,7 @@ impl Shard {
     }
 
     /// Queues a JSON reply (as a text frame) on a local connection.
-    fn hub_reply(&mut self, idx: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn hub_reply(&mut self, idx: usize, fill: impl FnOnce(&mut Vec<u8>)) {
         let mut json = Vec::with_capacity(96);
         fill(&mut json);
         let bound = self.cfg.max_backpressure;
@@ -339,11 +361,18 @@ impl Shard {
             }
         };
         match cmd {
-            Wire::Subscribe { id, channel, since } => {
+            Wire::Subscribe {
+                id,
+                channel,
+                since,
+                presence,
+            } => {
                 // An epoch that does not parse was never issued here: `None` forces a resync.
                 let since = since.map(|s| (wire::parse_epoch(s.epoch), s.seq));
-                self.hub_subscribe(idx, id, channel, since)
+                self.hub_subscribe(idx, id, channel, since, presence)
             }
+            Wire::Presence { id, channel } => self.presence_query(idx, id, channel),
+            Wire::Direct { id, user, data } => self.direct_send(idx, id, &user.get(), data),
             Wire::Unsubscribe { id, channel } => self.hub_unsubscribe(idx, id, channel),
             Wire::Publish { id, channel, data } => {
                 if self
@@ -383,6 +412,7 @@ impl Shard {
         id: Option<u64>,
         ch: &str,
         since: Option<(Option<u32>, u64)>,
+        watch: bool,
     ) {
         if self
             .admission
@@ -406,17 +436,19 @@ impl Shard {
             let code = ErrorCode::TooManyChannels;
             return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
         }
-        self.hub_join(idx, id, ch, since);
+        self.hub_join(idx, id, ch, since, watch);
     }
 
     /// Adds a local connection to a channel as pending and asks the owner for it (the checks
-    /// are the caller's: a WebSocket subscribe or an event stream's request).
+    /// are the caller's: a WebSocket subscribe or an event stream's request). `watch`: the
+    /// connection wants presence events.
     pub(super) fn hub_join(
         &mut self,
         idx: usize,
         id: Option<u64>,
         ch: &str,
         since: Option<(Option<u32>, u64)>,
+        watch: bool,
     ) {
         let Some(from) = self.addr_of(idx) else {
             return;
@@ -441,6 +473,7 @@ impl Shard {
         }
         self.hub.by_conn[idx].push(Arc::clone(&channel));
         self.hub.subscriptions += 1;
+        self.presence_join(from, &channel, watch);
         let owner = owner_of(&channel, self.shard_count());
         self.hub_send(
             owner,
@@ -454,13 +487,14 @@ impl Shard {
     }
 
     fn hub_unsubscribe(&mut self, idx: usize, id: Option<u64>, ch: &str) {
+        let gen = self.conns.get(idx).map_or(0, |c| c.generation);
         let found = self.hub.by_conn.get_mut(idx).and_then(|v| v.remove(ch));
         if found.is_some() {
             self.hub.subscriptions -= 1;
         }
         match found {
             Some(channel) => {
-                self.drop_local(idx, &channel);
+                self.drop_local(idx, gen, &channel);
                 self.hub_reply(idx, |o| wire::reply_ok(o, id));
             }
             None => {
@@ -471,9 +505,10 @@ impl Shard {
     }
 
     /// Removes a connection from a channel's local set; tells the owner when none are left.
-    fn drop_local(&mut self, idx: usize, channel: &Arc<str>) {
+    fn drop_local(&mut self, idx: usize, gen: u32, channel: &Arc<str>) {
         self.flush_channel(channel);
         self.unhold(idx, channel);
+        self.presence_leave(idx, gen, channel);
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
         };
@@ -494,14 +529,15 @@ impl Shard {
         }
     }
 
-    /// A connection is leaving the slab: forget its subscriptions.
-    pub(super) fn hub_forget(&mut self, idx: usize) {
+    /// A connection is leaving the slab: forget its subscriptions (and who it was).
+    pub(super) fn hub_forget(&mut self, idx: usize, gen: u32) {
         let chans = self.hub.by_conn.get_mut(idx).map(Subs::take_all);
         let chans = chans.unwrap_or_default();
         self.hub.subscriptions -= chans.len() as u64;
         for ch in chans {
-            self.drop_local(idx, &ch);
+            self.drop_local(idx, gen, &ch);
         }
+        self.users_forget(idx, gen);
     }
 
     /// Copies the hub's sizes into the counters (before each publish of the snapshot).
@@ -568,10 +604,12 @@ impl Shard {
                     self.hub_reply(to.idx as usize, |o| wire::reply_published(o, id, seq));
                 }
             }
+            HubCmd::Presence(cmd) => self.presence_command(cmd),
+            HubCmd::User(cmd) => self.user_command(cmd),
         }
     }
 
-    fn is_current(&self, a: ConnAddr) -> bool {
+    pub(super) fn is_current(&self, a: ConnAddr) -> bool {
         self.conns
             .get(a.idx as usize)
             .is_some_and(|c| c.generation == a.gen)

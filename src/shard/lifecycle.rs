@@ -3,12 +3,18 @@
 //! pong, close deadlines) and token expiry. The close reason is counted once, when the end is
 //! decided, so counters are current while a close handshake or linger is still running.
 
+use crate::hub::presence::parse_anon;
 use crate::metrics::CloseReason;
 use crate::proto::{close, CloseCode};
 
 use super::conn::{self, flags, Phase, TimerKind};
 use super::event_loop::Shard;
 use super::send_queue::SendStatus;
+
+/// The close code for a connection whose user the admin API disconnected (RFC 6455 §7.4.2:
+/// 4000-4999 are for applications), so a client can tell it from a failure and need not
+/// reconnect at once.
+pub const DISCONNECTED: CloseCode = CloseCode(4000);
 
 impl Shard {
     /// Records why a connection is ending, once, at the moment that is decided.
@@ -124,6 +130,41 @@ impl Shard {
                 );
             }
         }
+    }
+
+    /// Starts the close of every open local connection of `user` (a token's `sub`, or an
+    /// anonymous id) with [`DISCONNECTED`]; how many. Any app: tokens are read at admission
+    /// whatever the app.
+    pub(super) fn disconnect_user(&mut self, user: &str) -> usize {
+        let targets: Vec<usize> = match parse_anon(user) {
+            Some((s, i, g)) => {
+                let i = i as usize;
+                let is_it = s as usize == self.id
+                    && self.admission.grant(i).is_none()
+                    && self.conns.get(i).is_some_and(|c| c.generation == g);
+                if is_it {
+                    vec![i]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => self
+                .admission
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.grant.as_ref().is_some_and(|g| g.user == user))
+                .map(|(&idx, _)| idx)
+                .collect(),
+        };
+        let mut closed = 0;
+        for idx in targets {
+            if self.conns.get(idx).is_some_and(|c| c.phase == Phase::Open) {
+                let why = "disconnected by server";
+                self.start_close(idx, DISCONNECTED, why, CloseReason::Disconnected);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     pub(super) fn expire_timers(&mut self) {

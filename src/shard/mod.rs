@@ -15,7 +15,9 @@ mod conn;
 mod event_loop;
 mod hub;
 mod hub_owner;
+mod hub_presence;
 mod hub_sweep;
+mod hub_users;
 mod lifecycle;
 mod listener;
 mod read;
@@ -25,6 +27,8 @@ mod sse;
 mod sweep;
 
 pub use conn::{Conn, Phase};
+pub use hub_presence::Members;
+pub use lifecycle::DISCONNECTED;
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,6 +66,14 @@ pub enum Command {
     Shutdown,
     /// Channel-protocol traffic between shards (`--app hub`).
     Hub(hub::HubCmd),
+    /// Close every open connection of `user` (a token's `sub` or an anonymous id) with
+    /// [`DISCONNECTED`], and send how many down `reply`.
+    Disconnect {
+        /// The user id.
+        user: Arc<str>,
+        /// Where the count goes.
+        reply: Sender<usize>,
+    },
 }
 
 /// The way into a shard from any other thread.
@@ -114,6 +126,27 @@ pub enum PublishError {
     /// The server is shutting down.
     #[error("the server has stopped")]
     Stopped,
+    /// The user id breaks the rules (1 to 128 bytes, no control characters).
+    #[error("invalid user id")]
+    BadUser,
+}
+
+/// Sums up to `n` counts from `rx`, waiting at most `timeout` in all.
+fn gather<T: Copy + Default + std::ops::AddAssign>(
+    rx: &Receiver<T>,
+    n: usize,
+    timeout: std::time::Duration,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut total = T::default();
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) => total += v,
+            Err(_) => break,
+        }
+    }
+    total
 }
 
 /// A running group of shards serving one address.
@@ -276,6 +309,88 @@ impl Server {
             }
         }
         total.into_iter().collect()
+    }
+
+    /// Who is in `channel`, as its owner shard counts them (docs/PROTOCOL.md, presence).
+    pub fn presence(
+        &self,
+        channel: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Members, PublishError> {
+        if self.app != crate::config::App::Hub {
+            return Err(PublishError::NotHub);
+        }
+        if !crate::hub::wire::valid_channel(channel) {
+            return Err(PublishError::BadChannel);
+        }
+        let owner = hub::owner_of(channel, self.handles.len());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ask = hub_presence::PresenceCmd::List {
+            channel: Arc::from(channel),
+            to: hub_presence::Asker::Caller(tx),
+        };
+        if !self.handles[owner].send(Command::Hub(hub::HubCmd::Presence(ask))) {
+            return Err(PublishError::Stopped);
+        }
+        rx.recv_timeout(timeout).map_err(|_| PublishError::Timeout)
+    }
+
+    /// Sends `data` (a JSON value) to every connection of `user` on every shard, as a direct
+    /// message without a sender (`{"direct": <data>}`). Returns how many connections got it,
+    /// summed over the shards that answered within `timeout`.
+    pub fn direct(
+        &self,
+        user: &str,
+        data: &serde_json::value::RawValue,
+        timeout: std::time::Duration,
+    ) -> Result<u64, PublishError> {
+        if self.app != crate::config::App::Hub {
+            return Err(PublishError::NotHub);
+        }
+        if !crate::hub::wire::valid_user(user) {
+            return Err(PublishError::BadUser);
+        }
+        let frame = crate::hub::wire::direct_frame(None, data);
+        let user: Arc<str> = Arc::from(user);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self
+            .shards_for(&user)
+            .filter(|h| {
+                let cmd = hub_users::UserCmd::Direct {
+                    user: Arc::clone(&user),
+                    frame: frame.clone(),
+                    tally: hub_users::Tally::Caller(tx.clone()),
+                };
+                h.send(Command::Hub(hub::HubCmd::User(cmd)))
+            })
+            .count();
+        Ok(gather(&rx, asked, timeout))
+    }
+
+    /// Closes every open connection of `user` (a token's `sub`, or an anonymous id) on every
+    /// shard with close code [`DISCONNECTED`]; how many, summed over the shards that answered
+    /// within `timeout`. Works whatever the app.
+    pub fn disconnect(&self, user: &str, timeout: std::time::Duration) -> usize {
+        let user: Arc<str> = Arc::from(user);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self
+            .shards_for(&user)
+            .filter(|h| {
+                h.send(Command::Disconnect {
+                    user: Arc::clone(&user),
+                    reply: tx.clone(),
+                })
+            })
+            .count();
+        gather(&rx, asked, timeout)
+    }
+
+    /// The shards that may hold connections of `user`: the one an anonymous id names, or all.
+    fn shards_for<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a Handle> + 'a {
+        let only = crate::hub::presence::parse_anon(user).map(|(s, _, _)| s as usize);
+        self.handles
+            .iter()
+            .filter(move |h| only.is_none_or(|s| s == h.id))
     }
 
     /// Set once a drain has started (for readiness checks on other threads).

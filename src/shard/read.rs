@@ -142,6 +142,9 @@ impl Shard {
                     Ok(Some(session)) => {
                         let gen = self.conns[idx].generation;
                         self.admission.insert(idx, gen, session);
+                        if self.cfg.app == App::Hub {
+                            self.users_admitted(idx, gen);
+                        }
                     }
                     Err(refusal) => {
                         self.finish_with(idx, CloseReason::BadHandshake, false, |v| {

@@ -93,7 +93,7 @@ impl Shard {
             Some((epoch, seq)) => (Some(epoch), seq),
             None => (None, 0),
         });
-        self.hub_join(idx, None, &q.channel, since);
+        self.hub_join(idx, None, &q.channel, since, false);
     }
 
     fn sse_refuse(&mut self, idx: usize, response: Vec<u8>) {

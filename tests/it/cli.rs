@@ -29,6 +29,7 @@ const FLAGS: &[&str] = &[
     "--stats-interval",
     "--channel-policy",
     "--sse-keepalive",
+    "--max-presence-members",
 ];
 
 #[test]

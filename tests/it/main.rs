@@ -75,3 +75,8 @@ mod sse;
 // you're adding something about what happens to a subscriber that cannot keep up on a hub
 // channel, it goes in here.
 mod slow_policy;
+
+// Presence (join/leave events, the member list, cleanup on every way a connection ends) and
+// direct messages to users. If you're adding something about who is in a channel or messages
+// to a user, it goes in here.
+mod presence;

@@ -274,6 +274,8 @@ fn bad_claims() {
         format!(r#"{{"sub":42,"exp":{e}}}"#),
         format!(r#"{{"sub":"{long_user}","exp":{e}}}"#),
         format!(r#"{{"sub":"a\nb","exp":{e}}}"#),
+        format!(r#"{{"sub":"anon:0.1.2","exp":{e}}}"#),
+        format!(r#"{{"sub":"anon:","exp":{e}}}"#),
         r#"{"sub":"a"}"#.to_owned(),
         r#"{"sub":"a","exp":"soon"}"#.to_owned(),
         r#"{"sub":"a","exp":-1}"#.to_owned(),

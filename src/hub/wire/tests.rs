@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 /// The fuzz target's oracle, compiled here too so the seeds replay on stable.
-mod checks {
+pub(super) mod checks {
     use crate::{hub::wire, proto};
     include!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -61,7 +61,8 @@ fn the_documented_commands() {
         Command::Subscribe {
             id: Some(1),
             channel: "news",
-            since: Some(since)
+            since: Some(since),
+            presence: false,
         }
     );
     assert_eq!(
@@ -80,7 +81,7 @@ fn the_documented_commands() {
             data: raw(r#"{"title":"hi"}"#)
         }
     );
-    assert_eq!((cmd.id(), cmd.channel()), (Some(3), "news"));
+    assert_eq!((cmd.id(), cmd.channel()), (Some(3), Some("news")));
 }
 
 #[test]
@@ -89,6 +90,7 @@ fn optional_fields_and_nulls() {
         id,
         channel: "a",
         since,
+        presence: false,
     };
     assert_eq!(ok(r#"{"op":"subscribe","channel":"a"}"#), sub(None, None));
     assert_eq!(
@@ -404,11 +406,13 @@ fn commands_round_trip_through_write_command() {
             id: None,
             channel: "a",
             since: None,
+            presence: true,
         },
         Command::Subscribe {
             id: Some(u64::MAX),
             channel: "a.b:c/d@e-f_g",
             since: Some(since),
+            presence: false,
         },
         Command::Unsubscribe {
             id: Some(0),
@@ -431,6 +435,7 @@ fn commands_round_trip_through_write_command() {
             epoch: "\"\n",
             seq: 1,
         }),
+        presence: false,
     };
     let text = build(|o| write_command(o, &odd));
     assert_eq!(value(&text)["since"]["epoch"], "\"\n");
@@ -559,7 +564,7 @@ proptest! {
 
     #[test]
     fn generated_commands_parse(
-        op in 0..3u8,
+        op in 0..4u8,
         id in proptest::option::of(any::<u64>()),
         channel in channel_strategy(),
         since in proptest::option::of((any::<u32>(), any::<u64>())),
@@ -574,8 +579,10 @@ proptest! {
                 id,
                 channel: &channel,
                 since: since.zip(epoch.as_deref()).map(|((_, seq), epoch)| Since { epoch, seq }),
+                presence: number % 2 == 0,
             },
             1 => Command::Unsubscribe { id, channel: &channel },
+            2 => Command::Presence { id, channel: &channel },
             _ => Command::Publish { id, channel: &channel, data },
         };
         let text = build(|o| write_command(o, &cmd));

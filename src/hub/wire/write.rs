@@ -43,6 +43,101 @@ pub fn delivery_frame(channel: &str, seq: u64, data: &RawValue) -> Bytes {
     Bytes::from(out)
 }
 
+/// A presence change on a channel, as its owner reports it to subscribers who asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// The user's first connection subscribed.
+    Join,
+    /// The user's last connection left.
+    Leave,
+}
+
+/// A whole server-role text frame carrying `{"ch":<channel>,"join":{"user":<user>}}` (or
+/// `"leave"`), built once by the channel's owner and shared by every watching subscriber.
+pub fn presence_event_frame(channel: &str, event: PresenceEvent, user: &str) -> Bytes {
+    let mut json = Vec::with_capacity(32 + channel.len() + user.len());
+    json.extend_from_slice(DELIVERY_CH);
+    json.extend_from_slice(channel.as_bytes());
+    json.extend_from_slice(match event {
+        PresenceEvent::Join => b"\",\"join\":{\"user\":",
+        PresenceEvent::Leave => b"\",\"leave\":{\"user\":",
+    });
+    push_json_str(&mut json, user);
+    json.extend_from_slice(b"}}");
+    text_frame(&json)
+}
+
+/// A whole server-role text frame carrying `{"from":<sender>,"direct":<data>}`, built once per
+/// direct message and shared by every connection of the recipient. `from` is `None` for a
+/// message sent through the admin API; the field is then left out. `data` is copied byte for
+/// byte as the sender wrote it.
+pub fn direct_frame(from: Option<&str>, data: &RawValue) -> Bytes {
+    let data = data.get().as_bytes();
+    let mut json = Vec::with_capacity(24 + from.map_or(0, str::len) + data.len());
+    json.push(b'{');
+    if let Some(from) = from {
+        json.extend_from_slice(b"\"from\":");
+        push_json_str(&mut json, from);
+        json.push(b',');
+    }
+    json.extend_from_slice(b"\"direct\":");
+    json.extend_from_slice(data);
+    json.push(b'}');
+    text_frame(&json)
+}
+
+/// One unmasked, unfragmented text frame around `payload`.
+fn text_frame(payload: &[u8]) -> Bytes {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut header, true, OpCode::Text, payload.len() as u64, None);
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// Appends the reply to a presence command: `{"id":..,"ok":true,"channel":..,"members":
+/// [{"user":..,"connections":..},...],"truncated":false}`, members in the order given. When
+/// `unlisted` connections are left out of the list, `"truncated":true,"unlisted":<n>`.
+pub fn reply_presence<'u>(
+    out: &mut Vec<u8>,
+    id: Option<u64>,
+    channel: &str,
+    members: impl IntoIterator<Item = (&'u str, u32)>,
+    unlisted: u64,
+) {
+    open_reply(out, id, true);
+    out.extend_from_slice(b",\"channel\":");
+    push_json_str(out, channel);
+    out.extend_from_slice(b",\"members\":[");
+    for (i, (user, n)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"user\":");
+        push_json_str(out, user);
+        out.extend_from_slice(b",\"connections\":");
+        push_u64(out, u64::from(n));
+        out.push(b'}');
+    }
+    out.push(b']');
+    if unlisted > 0 {
+        out.extend_from_slice(b",\"truncated\":true,\"unlisted\":");
+        push_u64(out, unlisted);
+    } else {
+        out.extend_from_slice(b",\"truncated\":false");
+    }
+    out.push(b'}');
+}
+
+/// Appends the reply to a direct message: `{"id":..,"ok":true,"delivered":<connections>}`.
+pub fn reply_delivered(out: &mut Vec<u8>, id: Option<u64>, delivered: u64) {
+    open_reply(out, id, true);
+    out.extend_from_slice(b",\"delivered\":");
+    push_u64(out, delivered);
+    out.push(b'}');
+}
+
 /// Appends the reply to a subscribe: `{"id":..,"ok":true,"channel":..,"epoch":"9f2c01ab",
 /// "seq":..}` plus, when the client asked to resume, `"recovered":true` (`Some(true)`: the
 /// missed deliveries follow this reply) or `"recovered":false,"resync":true` (`Some(false)`:
@@ -100,20 +195,27 @@ pub fn reply_error(out: &mut Vec<u8>, id: Option<u64>, code: ErrorCode, message:
 /// are escaped, so any command round-trips through [`parse`](super::parse) when its channel is
 /// valid.
 pub fn write_command(out: &mut Vec<u8>, cmd: &Command<'_>) {
-    let (op, id, channel) = match *cmd {
-        Command::Subscribe { id, channel, .. } => (Op::Subscribe, id, channel),
-        Command::Unsubscribe { id, channel } => (Op::Unsubscribe, id, channel),
-        Command::Publish { id, channel, .. } => (Op::Publish, id, channel),
+    let op = match *cmd {
+        Command::Subscribe { .. } => Op::Subscribe,
+        Command::Unsubscribe { .. } => Op::Unsubscribe,
+        Command::Publish { .. } => Op::Publish,
+        Command::Presence { .. } => Op::Presence,
+        Command::Direct { .. } => Op::Direct,
     };
     out.extend_from_slice(b"{\"op\":\"");
     out.extend_from_slice(op.name().as_bytes());
     out.push(b'"');
-    if let Some(id) = id {
+    if let Some(id) = cmd.id() {
         out.extend_from_slice(b",\"id\":");
         push_u64(out, id);
     }
-    out.extend_from_slice(b",\"channel\":");
-    push_json_str(out, channel);
+    if let Some(channel) = cmd.channel() {
+        out.extend_from_slice(b",\"channel\":");
+        push_json_str(out, channel);
+    }
+    if let Command::Subscribe { presence: true, .. } = *cmd {
+        out.extend_from_slice(b",\"presence\":true");
+    }
     match *cmd {
         Command::Subscribe {
             since: Some(since), ..
@@ -125,6 +227,12 @@ pub fn write_command(out: &mut Vec<u8>, cmd: &Command<'_>) {
             out.push(b'}');
         }
         Command::Publish { data, .. } => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data.get().as_bytes());
+        }
+        Command::Direct { user, data, .. } => {
+            out.extend_from_slice(b",\"user\":");
+            push_json_str(out, &user.get());
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(data.get().as_bytes());
         }
@@ -268,7 +376,8 @@ mod tests {
                 "too_many_channels",
                 "too_large",
                 "forbidden",
-                "rate_limited"
+                "rate_limited",
+                "bad_user"
             ]
         );
     }

@@ -556,4 +556,5 @@ fn hostile_requests_are_refused_and_the_api_keeps_serving() {
 }
 
 // The channel-protocol routes (POST /publish, GET /channels).
+mod presence;
 mod publish;
