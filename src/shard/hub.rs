@@ -4,8 +4,8 @@
 //! modulo the shard count). The owner alone assigns sequence numbers, keeps the channel's
 //! history, and knows which shards have subscribers (`interested`). A publish on any shard goes
 //! to the owner; the owner numbers it, encodes the delivery frame once, stores that frame in the
-//! history, and sends the same bytes to every interested shard, which queues them on each local
-//! subscriber. So every subscriber sees one order, without gaps.
+//! history, and sends the same bytes to every interested shard, which writes them to its local
+//! subscribers as a sweep (`hub_sweep.rs`). So every subscriber sees one order, without gaps.
 //!
 //! **Subscribe without a gap or a duplicate.** A shard marks the connection *pending* and asks
 //! the owner. The owner sets the shard's interest bit *before* answering, computes the replay
@@ -15,8 +15,8 @@
 //! after the answer is live. Messages between the owner and itself go through `local`, which
 //! keeps the same FIFO order.
 //!
-//! The per-shard index (channel → local subscribers, connection → channels) is plain shard
-//! state; a connection's subscriptions are dropped with it.
+//! The per-shard index (channel → local subscribers, connection → channels; `hub_index.rs`) is
+//! plain shard state; a connection's subscriptions are dropped with it.
 //!
 //! Presence (`hub_presence.rs`) rides beside subscriptions: every subscribe reports a join to
 //! the owner just before the subscribe itself, and every way a subscription ends goes through
@@ -176,89 +176,7 @@ pub(super) struct Batch {
     pub(super) keys: Vec<(usize, Arc<str>)>,
 }
 
-/// The channels of one connection, indexed by slab index in `HubState::by_conn`. The common
-/// case — one channel — needs no allocation of its own: 24 bytes per slab slot in all.
-#[derive(Default)]
-enum Subs {
-    #[default]
-    None,
-    One(Arc<str>),
-    Many(Vec<Arc<str>>),
-}
-
-impl Subs {
-    fn len(&self) -> usize {
-        match self {
-            Subs::None => 0,
-            Subs::One(_) => 1,
-            Subs::Many(v) => v.len(),
-        }
-    }
-
-    fn contains(&self, ch: &str) -> bool {
-        match self {
-            Subs::None => false,
-            Subs::One(c) => &**c == ch,
-            Subs::Many(v) => v.iter().any(|c| &**c == ch),
-        }
-    }
-
-    fn push(&mut self, ch: Arc<str>) {
-        *self = match std::mem::take(self) {
-            Subs::None => Subs::One(ch),
-            Subs::One(first) => Subs::Many(vec![first, ch]),
-            Subs::Many(mut v) => {
-                v.push(ch);
-                Subs::Many(v)
-            }
-        };
-    }
-
-    fn remove(&mut self, ch: &str) -> Option<Arc<str>> {
-        match self {
-            Subs::One(c) if &**c == ch => match std::mem::take(self) {
-                Subs::One(c) => Some(c),
-                _ => None,
-            },
-            Subs::Many(v) => {
-                let i = v.iter().position(|c| &**c == ch)?;
-                let c = v.swap_remove(i);
-                if v.is_empty() {
-                    *self = Subs::None;
-                }
-                Some(c)
-            }
-            _ => None,
-        }
-    }
-
-    fn take_all(&mut self) -> Vec<Arc<str>> {
-        match std::mem::take(self) {
-            Subs::None => Vec::new(),
-            Subs::One(c) => vec![c],
-            Subs::Many(v) => v,
-        }
-    }
-}
-
-/// A channel's local subscribers.
-#[derive(Default)]
-pub(super) struct Local {
-    /// Live subscribers (slab index, generation), in the order the sweep writes them.
-    pub(super) live: Vec<(u32, u32)>,
-    /// Waiting for the owner's answer.
-    pending: Vec<(u32, u32)>,
-    /// The channel's deliveries and how far each block of `live` has been written.
-    pub(super) sweep: super::sweep::Sweep,
-    /// What this channel does with subscribers over their bound (resolved once, here).
-    pub(super) policy: SlowPolicy,
-}
-
-impl Local {
-    fn is_empty(&self) -> bool {
-        self.live.is_empty() && self.pending.is_empty()
-    }
-}
+pub(super) use super::hub_index::{Local, Subs};
 
 impl HubState {
     /// Whether the connection is waiting for the owner's answer to its subscribe to `channel`.

@@ -14,6 +14,7 @@ mod admission;
 mod conn;
 mod event_loop;
 mod hub;
+mod hub_index;
 mod hub_owner;
 mod hub_presence;
 mod hub_sweep;
