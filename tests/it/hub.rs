@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use starling::config::{App, Config};
 use tungstenite::Message;
 
-use crate::util::ws::{connect, next_data, Ws};
+use crate::util::ws::{connect, recv_json as recv, send_json as send, Ws};
 use crate::util::{config, TestServer};
 
 fn hub(shards: usize, history: usize) -> TestServer {
@@ -18,17 +18,6 @@ fn hub(shards: usize, history: usize) -> TestServer {
         history_size: history,
         ..config()
     })
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    match next_data(ws) {
-        Message::Text(t) => serde_json::from_str(&t).expect("JSON from the server"),
-        other => panic!("expected text, got {other:?}"),
-    }
 }
 
 /// Reads until the reply with `id`, returning it and the deliveries seen before it.

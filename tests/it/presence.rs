@@ -17,7 +17,9 @@ use starling::hub::auth::issue;
 use tungstenite::Message;
 
 use crate::util::raw::{masked, op, End, RawClient};
-use crate::util::ws::{finish_close, next_data, try_connect_with, Ws};
+use crate::util::ws::{
+    finish_close, next_data, recv_json as recv, send_json as send, try_connect_with, Ws,
+};
 use crate::util::{config, wait_until, TestServer, PATIENCE};
 
 pub const SECRET: &str = "a-test-secret-of-32-bytes-length";
@@ -57,17 +59,6 @@ pub fn connect_as(addr: std::net::SocketAddr, user: &str) -> Ws {
 fn close(mut ws: Ws) {
     let _ = ws.close(None);
     assert!(finish_close(&mut ws));
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    match next_data(ws) {
-        Message::Text(t) => serde_json::from_str(&t).expect("JSON from the server"),
-        other => panic!("expected text, got {other:?}"),
-    }
 }
 
 /// Sends `v` and reads until the reply with its id; what came before it is returned too.

@@ -98,3 +98,16 @@ pub fn desc(m: &Message) -> String {
 pub fn set_read_timeout(ws: &Ws, t: Duration) {
     ws.get_ref().set_read_timeout(Some(t)).unwrap();
 }
+
+/// Sends `v` as one JSON text message.
+pub fn send_json(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+/// The next data message, which must be JSON text.
+pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    match next_data(ws) {
+        Message::Text(t) => serde_json::from_str(&t).expect("JSON from the server"),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
