@@ -102,3 +102,24 @@ fn opening_events_carry_the_resume_point() {
     );
     assert!(gone.contains("\"resync\":true"), "{gone}");
 }
+
+proptest::proptest! {
+    /// Request targets and ids come from the network: any string gets an answer, never a
+    /// panic, and whatever the server writes as an id reads back as itself.
+    #[test]
+    fn any_query_or_id_gets_an_answer(path in "\\PC{0,64}", id in "\\PC{0,32}",
+                                      epoch in proptest::num::u32::ANY,
+                                      seq in proptest::num::u64::ANY) {
+        let _ = parse_query(&path);
+        let _ = parse_query(&format!("/sse?{path}"));
+        let _ = parse_event_id(&id);
+        proptest::prop_assert_eq!(parse_event_id(&format!("{epoch:08x}:{seq}")), Some((epoch, seq)));
+    }
+}
+
+#[test]
+fn percent_escapes_name_the_same_channel_and_id() {
+    let q = parse_query("/sse?channel=a%2Fb&lastEventId=00000001%3A5").unwrap();
+    assert_eq!(q.channel.as_str(), "a/b");
+    assert_eq!(q.last_event_id.as_deref(), Some("00000001:5"));
+}
