@@ -312,15 +312,7 @@ pub fn parse_request(
         Ok(Some(k)) if key_is_valid(k.trim_ascii()) => k.trim_ascii(),
         _ => return Err(HandshakeError::BadKey),
     };
-    // §4.2.1: "Optionally, an |Origin| header field."
-    let origin = match single(headers, "origin") {
-        Ok(None) => None,
-        Ok(Some(o)) => match std::str::from_utf8(o.trim_ascii()) {
-            Ok(s) => Some(s.to_owned()),
-            Err(_) => return Err(HandshakeError::BadOrigin),
-        },
-        Err(()) => return Err(HandshakeError::BadOrigin),
-    };
+    let origin = origin(headers)?;
     let authorization = match single(headers, "authorization") {
         Ok(Some(a)) => std::str::from_utf8(a.trim_ascii()).ok().map(str::to_owned),
         _ => None,
@@ -337,6 +329,18 @@ pub fn parse_request(
     )))
 }
 
+/// The `Origin` field, if any (§4.2.1: "Optionally, an |Origin| header field"): one, in
+/// UTF-8, or the request is refused.
+fn origin(headers: &[Header<'_>]) -> Result<Option<String>, HandshakeError> {
+    match single(headers, "origin") {
+        Ok(None) => Ok(None),
+        Ok(Some(o)) => std::str::from_utf8(o.trim_ascii())
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| HandshakeError::BadOrigin),
+        Err(()) => Err(HandshakeError::BadOrigin),
+    }
+}
+
 /// The fields of a `GET /sse` request. Bytes after its header block would be a second
 /// request, which a stream never reads, so a body is refused as on an upgrade.
 fn event_stream(headers: &[Header<'_>], path: &str) -> Result<Request, HandshakeError> {
@@ -349,14 +353,7 @@ fn event_stream(headers: &[Header<'_>], path: &str) -> Result<Request, Handshake
         Ok(Some(v)) => std::str::from_utf8(v.trim_ascii()).ok().map(str::to_owned),
         _ => None,
     };
-    let origin = match single(headers, "origin") {
-        Ok(None) => None,
-        Ok(Some(o)) => match std::str::from_utf8(o.trim_ascii()) {
-            Ok(s) => Some(s.to_owned()),
-            Err(_) => return Err(HandshakeError::BadOrigin),
-        },
-        Err(()) => return Err(HandshakeError::BadOrigin),
-    };
+    let origin = origin(headers)?;
     // Two resume positions cannot both be honoured; guessing one could hide a gap.
     if single(headers, "last-event-id").is_err() {
         return Err(HandshakeError::Malformed);

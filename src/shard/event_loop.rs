@@ -490,16 +490,8 @@ impl Shard {
             return;
         }
         c.flags &= !flags::DIRTY;
-        match c.queue.flush(&mut c.stream, &mut self.pool) {
-            Ok(f) => {
-                self.counters.bytes_out += f.bytes as u64;
-                self.counters.write_calls += f.calls as u64;
-            }
-            Err(e) => {
-                let r = io_reason(&e);
-                self.remove(idx, r);
-                return;
-            }
+        if let Err(e) = write_queue(c, &mut self.pool, &mut self.counters) {
+            return self.remove(idx, io_reason(&e));
         }
         let held = c.has(flags::HELD);
         if c.queue.is_empty() && c.phase == Phase::Flushing {
@@ -580,6 +572,19 @@ pub(super) fn concat(mut frames: Vec<Bytes>) -> Bytes {
         out.extend_from_slice(f);
     }
     out.freeze()
+}
+
+/// Writes what the connection has queued (one `writev` unless the socket fills), counting
+/// the bytes and calls.
+pub(super) fn write_queue(
+    c: &mut Conn,
+    pool: &mut BufPool,
+    counters: &mut Counters,
+) -> io::Result<()> {
+    let f = c.queue.flush(&mut c.stream, pool)?;
+    counters.bytes_out += f.bytes as u64;
+    counters.write_calls += f.calls as u64;
+    Ok(())
 }
 
 /// Writes as much of `buf` as the socket takes. Returns (bytes, calls).

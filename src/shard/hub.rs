@@ -241,6 +241,11 @@ impl Shard {
         }
     }
 
+    /// Answers request `id` with the error `code` (and its standard message).
+    pub(super) fn hub_error(&mut self, idx: usize, id: Option<u64>, code: ErrorCode) {
+        self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+    }
+
     /// One text message from a local connection, in hub mode.
     pub(super) fn hub_message(&mut self, idx: usize, text: &[u8]) {
         if let Err(close) = self.admission.charge(idx, text.len(), self.now as u32) {
@@ -298,8 +303,7 @@ impl Shard {
                     .grant(idx)
                     .is_some_and(|g| !g.may_publish(channel))
                 {
-                    let code = ErrorCode::Forbidden;
-                    return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+                    return self.hub_error(idx, id, ErrorCode::Forbidden);
                 }
                 let Some(from) = self.addr_of(idx) else {
                     return;
@@ -337,8 +341,7 @@ impl Shard {
             .grant(idx)
             .is_some_and(|g| !g.may_subscribe(ch))
         {
-            let code = ErrorCode::Forbidden;
-            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            return self.hub_error(idx, id, ErrorCode::Forbidden);
         }
 
         let (subs, already) = self
@@ -347,12 +350,10 @@ impl Shard {
             .get(idx)
             .map_or((0, false), |v| (v.len(), v.contains(ch)));
         if already {
-            let code = ErrorCode::AlreadySubscribed;
-            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            return self.hub_error(idx, id, ErrorCode::AlreadySubscribed);
         }
         if subs >= self.cfg.max_channels_per_connection {
-            let code = ErrorCode::TooManyChannels;
-            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            return self.hub_error(idx, id, ErrorCode::TooManyChannels);
         }
         self.hub_join(idx, id, ch, since, watch);
     }
@@ -416,8 +417,7 @@ impl Shard {
                 self.hub_reply(idx, |o| wire::reply_ok(o, id));
             }
             None => {
-                let code = ErrorCode::NotSubscribed;
-                self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+                self.hub_error(idx, id, ErrorCode::NotSubscribed);
             }
         }
     }

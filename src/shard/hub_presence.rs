@@ -174,8 +174,7 @@ impl Shard {
             .grant(idx)
             .is_some_and(|g| !g.may_subscribe(channel))
         {
-            let code = ErrorCode::Forbidden;
-            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            return self.hub_error(idx, id, ErrorCode::Forbidden);
         }
         let Some(from) = self.addr_of(idx) else {
             return;

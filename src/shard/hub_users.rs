@@ -131,8 +131,7 @@ impl Shard {
             return;
         };
         if self.admission.grant(idx).is_none() && self.cfg.jwt_secret.is_some() {
-            let code = ErrorCode::Forbidden;
-            return self.hub_reply(idx, |o| wire::reply_error(o, id, code, code.as_str()));
+            return self.hub_error(idx, id, ErrorCode::Forbidden);
         }
         let sender = self.user_of(idx, from.gen);
         let frame = wire::direct_frame(Some(&sender), data);

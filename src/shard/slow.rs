@@ -26,7 +26,7 @@ use crate::hub::conflate::Put;
 use crate::proto::frame::FrameHeader;
 
 use super::conn::{flags, Phase};
-use super::event_loop::{io_reason, Shard};
+use super::event_loop::{io_reason, write_queue, Shard};
 
 impl Shard {
     /// The deliveries of `channel` this pass (`msgs` frames joined in `frames`, with the keys
@@ -124,15 +124,8 @@ impl Shard {
             if done {
                 c.flags &= !flags::HELD;
             }
-            match c.queue.flush(&mut c.stream, &mut self.pool) {
-                Ok(f) => {
-                    self.counters.bytes_out += f.bytes as u64;
-                    self.counters.write_calls += f.calls as u64;
-                }
-                Err(e) => {
-                    let r = io_reason(&e);
-                    return self.remove(idx, r);
-                }
+            if let Err(e) = write_queue(c, &mut self.pool, &mut self.counters) {
+                return self.remove(idx, io_reason(&e));
             }
             if done {
                 return;
