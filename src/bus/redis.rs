@@ -23,19 +23,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Value};
 
 use super::keys::{self, CANARY_PREFIX};
-use super::{backoff, shard_of, BusEvent, BusState, Entry, Inbox, NodeRecord, Req};
+use super::{backoff, shard_of, BusEvent, BusState, Inbox, Req};
 use crate::config::Config;
-use crate::hub::wire;
 use crate::metrics::Published;
-use crate::shard::{
-    owner_of, Asker, Command, Handle, HubCmd, Members, PresenceCmd, Publisher, Tally, UserCmd,
-};
+use crate::shard::{owner_of, Command, Handle, HubCmd, Publisher};
+
+mod direct;
+mod presence;
+mod registry;
+mod values;
+
+use values::{entry, parse_position};
+
+use direct::{Outstanding, Round, RoundFor};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const FETCH_LUA: &str = include_str!("fetch.lua");
@@ -107,32 +112,6 @@ struct Outgoing {
     from: Publisher,
 }
 
-/// A direct message sent from this node, waiting for the counts of the nodes that have the
-/// user.
-struct Outstanding {
-    tally: Tally,
-    waiting: usize,
-    sum: u64,
-    deadline: tokio::time::Instant,
-}
-
-/// Where a round of local delivery (every shard of this node) reports its total.
-enum RoundFor {
-    /// A direct message sent from another node: its reply topic and token.
-    Remote(String, u64),
-    /// One sent from this node (its `directs` token).
-    Local(u64),
-    /// Straight to the sender (Redis away: this node only).
-    Sender(Tally),
-}
-
-/// One round of local delivery.
-struct Round {
-    for_: RoundFor,
-    waiting: usize,
-    sum: u64,
-}
-
 /// Both connections, while they work.
 struct Link {
     conn: MultiplexedConnection,
@@ -188,10 +167,10 @@ impl Worker {
                     let res = self.serve(link).await;
                     self.state.set_connected(false);
                     // Counts from other nodes cannot arrive any more: answer with what came.
-                    for (_, o) in std::mem::take(&mut self.directs) {
-                        self.answer(o.tally, o.sum);
-                    }
+                    self.answer_all_directs();
                     self.replies.clear();
+                    // The mirror is written whole on reconnect; queued writes would be stale.
+                    self.waiting.retain(|r| !matches!(r, Req::Presence { .. }));
                     match res {
                         Ok(()) => break,
                         Err(e) => tracing::warn!(error = %e, "bus: lost redis"),
@@ -397,6 +376,10 @@ impl Worker {
                 }
                 continue;
             }
+            if let Some(Req::Presence { .. }) = self.waiting.front() {
+                self.write_presence(link).await?;
+                continue;
+            }
             if let Some(Req::Direct { .. }) = self.waiting.front() {
                 let Some(Req::Direct { user, frame, tally }) = self.waiting.pop_front() else {
                     continue;
@@ -470,25 +453,6 @@ impl Worker {
                         .await
                         .map_err(timeout_error)??;
                     self.user_topics.remove(&user);
-                }
-            }
-            Peek::Presence {
-                channel,
-                user,
-                count,
-            } => {
-                let key = keys::key(&channel, "presence");
-                let field = keys::presence_field(&self.state.node_id, &user);
-                let mut p = redis::pipe();
-                if count == 0 {
-                    p.cmd("HDEL").arg(&key).arg(field).ignore();
-                } else {
-                    p.cmd("HSET").arg(&key).arg(field).arg(count).ignore();
-                }
-                p.cmd("PEXPIRE").arg(&key).arg(self.key_ttl_ms).ignore();
-                p.query_async::<()>(&mut link.conn).await?;
-                if count == 0 {
-                    self.forget_zero(&channel, &user);
                 }
             }
         }
@@ -628,376 +592,9 @@ impl Worker {
         );
     }
 
-    /// A direct message from this node: to every node with the user (`PUBLISH` says how
-    /// many), each of which answers with its count.
-    async fn send_direct(
-        &mut self,
-        link: &mut Link,
-        user: Arc<str>,
-        frame: Bytes,
-        tally: Tally,
-    ) -> Result<()> {
-        self.next_token += 1;
-        let token = self.next_token;
-        let mut payload = format!("{} {token} ", self.state.node_id).into_bytes();
-        payload.extend_from_slice(&frame);
-        let sent: Result<usize> = redis::cmd("PUBLISH")
-            .arg(keys::user_topic(&user))
-            .arg(payload)
-            .query_async(&mut link.conn)
-            .await;
-        match sent {
-            Ok(0) => self.answer(tally, 0),
-            Ok(nodes) => {
-                let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
-                let o = Outstanding {
-                    tally,
-                    waiting: nodes,
-                    sum: 0,
-                    deadline,
-                };
-                self.directs.insert(token, o);
-            }
-            Err(e) => {
-                // Redis went away under it: this node's connections still get it.
-                self.local_round(&user, frame, RoundFor::Sender(tally));
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// `<node> <token> <frame>` on a user's topic: deliver here, then report the count.
-    fn on_direct(&mut self, user: &str, payload: &[u8]) {
-        let parsed = keys::split_word(payload).and_then(|(node, rest)| {
-            let (token, frame) = keys::split_word(rest)?;
-            Some((node.to_owned(), token.parse::<u64>().ok()?, frame))
-        });
-        let Some((node, token, frame)) = parsed else {
-            self.state
-                .counters
-                .malformed
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let frame = Bytes::copy_from_slice(frame);
-        let for_ = if node == self.state.node_id {
-            RoundFor::Local(token)
-        } else {
-            RoundFor::Remote(node, token)
-        };
-        self.local_round(&Arc::from(user), frame, for_);
-    }
-
-    /// `<token> <count>` on our reply topic: one node's count for our direct message.
-    fn on_reply(&mut self, payload: &[u8]) {
-        let parsed = keys::split_word(payload).and_then(|(token, count)| {
-            let count = std::str::from_utf8(count).ok()?.parse::<u64>().ok()?;
-            Some((token.parse::<u64>().ok()?, count))
-        });
-        match parsed {
-            Some((token, count)) => self.direct_count(token, count),
-            None => {
-                self.state
-                    .counters
-                    .malformed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Gives `frame` to every shard of this node for `user`'s connections.
-    fn local_round(&mut self, user: &Arc<str>, frame: Bytes, for_: RoundFor) {
-        self.next_token += 1;
-        let token = self.next_token;
-        let mut asked = 0;
-        for h in &self.shards {
-            let cmd = UserCmd::Direct {
-                user: Arc::clone(user),
-                frame: frame.clone(),
-                tally: Tally::Bus { token },
-            };
-            if h.send(Command::Hub(HubCmd::User(cmd))) {
-                asked += 1;
-            }
-        }
-        let round = Round {
-            for_,
-            waiting: asked,
-            sum: 0,
-        };
-        if asked == 0 {
-            return self.round_done(round);
-        }
-        self.rounds.insert(token, round);
-    }
-
-    fn round_count(&mut self, token: u64, count: u64) {
-        let Some(r) = self.rounds.get_mut(&token) else {
-            return;
-        };
-        r.sum += count;
-        r.waiting -= 1;
-        if r.waiting == 0 {
-            if let Some(r) = self.rounds.remove(&token) {
-                self.round_done(r);
-            }
-        }
-    }
-
-    fn round_done(&mut self, r: Round) {
-        match r.for_ {
-            RoundFor::Remote(node, token) => self.replies.push_back((node, token, r.sum)),
-            RoundFor::Local(token) => self.direct_count(token, r.sum),
-            RoundFor::Sender(tally) => self.answer(tally, r.sum),
-        }
-    }
-
-    /// One node's count for a direct message from this node.
-    fn direct_count(&mut self, token: u64, count: u64) {
-        let Some(o) = self.directs.get_mut(&token) else {
-            return;
-        };
-        o.sum += count;
-        o.waiting = o.waiting.saturating_sub(1);
-        if o.waiting == 0 {
-            if let Some(o) = self.directs.remove(&token) {
-                self.answer(o.tally, o.sum);
-            }
-        }
-    }
-
-    /// Answers direct messages whose nodes did not all answer in time, with what came.
-    fn expire_directs(&mut self) {
-        let now = tokio::time::Instant::now();
-        let late: Vec<u64> = self
-            .directs
-            .iter()
-            .filter(|(_, o)| o.deadline <= now)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in late {
-            if let Some(o) = self.directs.remove(&t) {
-                self.answer(o.tally, o.sum);
-            }
-        }
-    }
-
-    fn answer(&self, tally: Tally, count: u64) {
-        match tally {
-            Tally::Shard { shard, token } => {
-                let cmd = UserCmd::Delivered { token, count };
-                if let Some(h) = self.shards.get(shard as usize) {
-                    h.send(Command::Hub(HubCmd::User(cmd)));
-                }
-            }
-            Tally::Caller(tx) => {
-                let _ = tx.send(count);
-            }
-            Tally::Bus { .. } => {}
-        }
-    }
-
     fn tell_owner(&self, channel: &str, ev: BusEvent) {
         let owner = owner_of(channel, self.shards.len());
         self.shards[owner].send(Command::Hub(HubCmd::Bus(ev)));
-    }
-
-    fn canary_channel(&self) -> String {
-        format!("{CANARY_PREFIX}{}", self.state.node_id)
-    }
-
-    /// Renews the node's record, reads the registry, and sends a canary.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<()> {
-        let connections: u64 = self.stats.iter().map(|p| p.load().open).sum();
-        let rec = NodeRecord {
-            id: self.state.node_id.clone(),
-            address: self.address.clone(),
-            connections,
-            started_ms: self.started_ms,
-            heartbeat_ms: unix_ms(),
-        };
-        let json = serde_json::to_string(&rec).unwrap_or_default();
-        let ttl_ms = self.cfg.bus.node_ttl.as_millis() as u64;
-        let canary = self.canary_channel();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys::node_key(&rec.id))
-            .arg(json)
-            .arg("PX")
-            .arg(ttl_ms.max(1))
-            .ignore()
-            .cmd("ZADD")
-            .arg(keys::NODES)
-            .arg(rec.heartbeat_ms)
-            .arg(&rec.id)
-            .ignore();
-        self.script_call(&mut pipe, &self.shas.0, &canary);
-        pipe.arg(keys::topic(&canary))
-            .arg(rec.heartbeat_ms)
-            .arg("")
-            .arg(0)
-            .arg(0)
-            .arg("00000000")
-            .arg(60_000)
-            .ignore();
-        pipe.query_async::<()>(&mut link.conn).await?;
-        self.refresh_nodes(link).await
-    }
-
-    /// Reads every registered node's record; forgets those whose record expired.
-    async fn refresh_nodes(&mut self, link: &mut Link) -> Result<()> {
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys::NODES)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut link.conn)
-            .await?;
-        if ids.is_empty() {
-            self.state.set_nodes(Vec::new());
-            return Ok(());
-        }
-        let mut get = redis::cmd("MGET");
-        for id in &ids {
-            get.arg(keys::node_key(id));
-        }
-        let recs: Vec<Option<String>> = get.query_async(&mut link.conn).await?;
-        let mut live = Vec::new();
-        let mut dead = Vec::new();
-        for (id, rec) in ids.iter().zip(recs) {
-            match rec.and_then(|r| serde_json::from_str::<NodeRecord>(&r).ok()) {
-                Some(r) => live.push(r),
-                None => dead.push(id),
-            }
-        }
-        if !dead.is_empty() {
-            redis::cmd("ZREM")
-                .arg(keys::NODES)
-                .arg(&dead)
-                .query_async::<()>(&mut link.conn)
-                .await?;
-        }
-        live.sort_by(|a, b| a.id.cmp(&b.id));
-        self.state.set_nodes(live);
-        Ok(())
-    }
-
-    fn mirror_change(&mut self, channel: &Arc<str>, user: &Arc<str>, delta: i32) -> u32 {
-        let users = self.mirror.entry(Arc::clone(channel)).or_default();
-        let n = users.entry(Arc::clone(user)).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        *n
-    }
-
-    /// Drops a zero count from the mirror once Redis knows.
-    fn forget_zero(&mut self, channel: &Arc<str>, user: &Arc<str>) {
-        if let Some(users) = self.mirror.get_mut(channel) {
-            if users.get(user) == Some(&0) {
-                users.remove(user);
-            }
-            if users.is_empty() {
-                self.mirror.remove(channel);
-            }
-        }
-    }
-
-    /// After a (re)connect: this node's counts, all of them, and the deletions Redis missed.
-    async fn rewrite_presence(&mut self, link: &mut Link) -> Result<()> {
-        let node = self.state.node_id.clone();
-        let mut pipe = redis::pipe();
-        let mut n = 0;
-        for (ch, users) in &self.mirror {
-            let key = keys::key(ch, "presence");
-            for (user, &count) in users {
-                let field = keys::presence_field(&node, user);
-                if count == 0 {
-                    pipe.cmd("HDEL").arg(&key).arg(field).ignore();
-                } else {
-                    pipe.cmd("HSET").arg(&key).arg(field).arg(count).ignore();
-                }
-                n += 1;
-            }
-            pipe.cmd("PEXPIRE").arg(&key).arg(self.key_ttl_ms).ignore();
-        }
-        for (ch, user) in &self.gone {
-            let field = keys::presence_field(&node, user);
-            pipe.cmd("HDEL")
-                .arg(keys::key(ch, "presence"))
-                .arg(field)
-                .ignore();
-            n += 1;
-        }
-        if n > 0 {
-            pipe.query_async::<()>(&mut link.conn).await?;
-        }
-        self.gone.clear();
-        for users in self.mirror.values_mut() {
-            users.retain(|_, c| *c > 0);
-        }
-        self.mirror.retain(|_, u| !u.is_empty());
-        Ok(())
-    }
-
-    /// The channel's members over every live node (fields of dead nodes are deleted).
-    async fn cluster_members(&mut self, link: &mut Link, channel: &str) -> Result<Members> {
-        self.refresh_nodes(link).await?;
-        let live: HashSet<String> = self.state.nodes().into_iter().map(|n| n.id).collect();
-        let key = keys::key(channel, "presence");
-        let fields: Vec<(String, u32)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut link.conn)
-            .await?;
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        let mut dead = Vec::new();
-        for (field, n) in fields {
-            let Some((node, user)) = keys::split_field(&field) else {
-                continue;
-            };
-            if node != self.state.node_id && !live.contains(node) {
-                dead.push(field.clone());
-                continue;
-            }
-            *counts.entry(cluster_user(node, user)).or_default() += n;
-        }
-        if !dead.is_empty() {
-            redis::cmd("HDEL")
-                .arg(&key)
-                .arg(&dead)
-                .query_async::<()>(&mut link.conn)
-                .await?;
-        }
-        Ok(bounded(counts, self.cfg.max_presence_members))
-    }
-
-    /// This node's own members of `channel` (when Redis is away).
-    fn local_members(&self, channel: &str) -> Members {
-        let counts = self.mirror.get(channel).map(|users| {
-            users
-                .iter()
-                .filter(|(_, &c)| c > 0)
-                .map(|(u, &c)| (cluster_user(&self.state.node_id, u), c))
-                .collect()
-        });
-        bounded(counts.unwrap_or_default(), self.cfg.max_presence_members)
-    }
-
-    fn answer_list(&self, channel: &str, to: Asker, list: Members) {
-        match to {
-            Asker::Conn(addr, id) => {
-                let mut reply = Vec::with_capacity(64 + list.members.len() * 32);
-                let members = list.members.iter().map(|(u, n)| (&**u, *n));
-                wire::reply_presence(&mut reply, id, channel, members, list.unlisted);
-                let listed = PresenceCmd::Listed {
-                    channel: Arc::from(channel),
-                    to: addr,
-                    reply,
-                };
-                self.shards[shard_of(&addr)].send(Command::Hub(HubCmd::Presence(listed)));
-            }
-            Asker::Caller(tx) => {
-                let _ = tx.send(list);
-            }
-        }
     }
 
     fn fail_publish(&self, from: Publisher) {
@@ -1026,11 +623,6 @@ enum Peek {
         token: u64,
         after: u64,
     },
-    Presence {
-        channel: Arc<str>,
-        user: Arc<str>,
-        count: u32,
-    },
     User {
         user: Arc<str>,
     },
@@ -1055,95 +647,15 @@ fn peek(req: &Req) -> Option<Peek> {
             token: *token,
             after: *after,
         },
-        Req::Presence {
-            channel,
-            user,
-            delta,
-        } => Peek::Presence {
-            channel: Arc::clone(channel),
-            user: Arc::clone(user),
-            count: (*delta).max(0) as u32,
-        },
         Req::User { user, .. } => Peek::User {
             user: Arc::clone(user),
         },
-        Req::List { .. } | Req::Publish { .. } | Req::Direct { .. } | Req::DirectCount { .. } => {
-            return None
-        }
+        Req::List { .. }
+        | Req::Publish { .. }
+        | Req::Direct { .. }
+        | Req::DirectCount { .. }
+        | Req::Presence { .. } => return None,
     })
-}
-
-/// A presence user id as the cluster lists it: anonymous ids are per node, so they carry it.
-fn cluster_user(node: &str, user: &str) -> String {
-    if user.starts_with(crate::hub::presence::ANON_PREFIX) {
-        format!("{user}@{node}")
-    } else {
-        user.to_owned()
-    }
-}
-
-/// Members sorted by user id, at most `max` listed; the rest counted as unlisted.
-fn bounded(counts: HashMap<String, u32>, max: usize) -> Members {
-    let mut all: Vec<(Arc<str>, u32)> = counts
-        .into_iter()
-        .filter(|&(_, n)| n > 0)
-        .map(|(u, n)| (Arc::from(u), n))
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    let unlisted = all.iter().skip(max).map(|(_, n)| u64::from(*n)).sum();
-    all.truncate(max);
-    Members {
-        members: all,
-        unlisted,
-    }
-}
-
-/// Reads the fetch script's reply: epoch, last, then (seq, key, data) triples.
-fn parse_position(v: &[Value], state: &BusState) -> Option<(u32, u64, Vec<Entry>)> {
-    let epoch = wire::parse_epoch(std::str::from_utf8(&bytes_of(v.first()?)?).ok()?)?;
-    let last = int_of(v.get(1)?)?;
-    let mut entries = Vec::with_capacity((v.len() - 2) / 3);
-    for t in v[2..].chunks_exact(3) {
-        let seq = int_of(&t[0])?;
-        let (key, data) = (bytes_of(&t[1])?, bytes_of(&t[2])?);
-        match entry(seq, &key, &data) {
-            Some(e) => entries.push(e),
-            None => {
-                state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    Some((epoch, last, entries))
-}
-
-/// An entry, if `data` is one JSON value and `key` is UTF-8.
-fn entry(seq: u64, key: &[u8], data: &[u8]) -> Option<Entry> {
-    serde_json::from_slice::<&serde_json::value::RawValue>(data).ok()?;
-    let key = match key {
-        [] => None,
-        k => Some(Arc::from(std::str::from_utf8(k).ok()?)),
-    };
-    Some(Entry {
-        seq,
-        key,
-        data: Bytes::copy_from_slice(data),
-    })
-}
-
-fn bytes_of(v: &Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn int_of(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        other => std::str::from_utf8(&bytes_of(other)?).ok()?.parse().ok(),
-    }
 }
 
 fn unix_ms() -> u64 {
@@ -1158,47 +670,4 @@ fn timeout_error(_: tokio::time::error::Elapsed) -> redis::RedisError {
 
 fn closed(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, what))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_are_sorted_bounded_and_anonymous_ids_carry_their_node() {
-        let mut counts = HashMap::new();
-        counts.insert("carol".to_string(), 1);
-        counts.insert("alice".to_string(), 2);
-        counts.insert("bob".to_string(), 3);
-        counts.insert("zero".to_string(), 0);
-        let m = bounded(counts, 2);
-        let names: Vec<&str> = m.members.iter().map(|(u, _)| &**u).collect();
-        assert_eq!(names, ["alice", "bob"]);
-        assert_eq!(m.unlisted, 1);
-        assert_eq!(cluster_user("n1", "anon:0.1.2"), "anon:0.1.2@n1");
-        assert_eq!(cluster_user("n1", "alice"), "alice");
-    }
-
-    #[test]
-    fn fetch_replies_are_read_and_bad_data_is_skipped() {
-        let state = BusState::new("n".into(), Duration::from_secs(1));
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = vec![
-            b("9f2c01ab"),
-            Value::Int(7),
-            b("6"),
-            b(""),
-            b(r#"{"a":1}"#),
-            b("7"),
-            b("k"),
-            b("not json"),
-        ];
-        let (epoch, last, entries) = parse_position(&reply, &state).unwrap();
-        assert_eq!((epoch, last), (0x9f2c_01ab, 7));
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].seq, 6);
-        assert!(entries[0].key.is_none());
-        assert_eq!(state.counters.malformed.load(Ordering::Relaxed), 1);
-        assert!(parse_position(&[b("zz"), Value::Int(1)], &state).is_none());
-    }
 }

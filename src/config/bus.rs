@@ -126,6 +126,19 @@ mod tests {
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+        let c: crate::config::Config = toml::from_str(
+            "app = \"hub\"\n[bus]\nurl = \"redis://127.0.0.1:7000\"\nnode_id = \"a\"\nnode_ttl = \"3s\"\noutbox = 5\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.bus.url.as_str(), c.bus.outbox),
+            ("redis://127.0.0.1:7000", 5)
+        );
+        assert_eq!(c.bus.node_ttl, Duration::from_secs(3));
+        let echo: crate::config::Config =
+            toml::from_str("[bus]\nurl = \"redis://127.0.0.1:7000\"\n").unwrap();
+        assert!(echo.validate().is_err(), "a Redis bus needs --app hub");
         let default_id = BusSettings::default().node_id();
         assert!(crate::bus::valid_node_id(&default_id), "{default_id}");
     }
