@@ -8,6 +8,7 @@
 //! go within its TTL); every other wait is for an event, bounded by [`PATIENCE`] so a broken
 //! cluster fails instead of hanging.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -345,18 +346,113 @@ fn cluster_presence_spans_nodes_and_a_killed_nodes_members_leave_within_its_ttl(
     drop(on_b);
 }
 
+/// A subscriber that keeps what a client must to never miss a message: the channel's epoch,
+/// the last seq it took, and every delivery by (epoch, seq). A gap, or a numbering restarted
+/// past messages it has not seen (a `reset` notice after Redis lost the channel), is filled by
+/// resubscribing with `since`, as docs/PROTOCOL.md tells clients to.
+struct Follower {
+    ws: Ws,
+    who: &'static str,
+    ch: &'static str,
+    epoch: String,
+    last: u64,
+    seen: BTreeMap<(String, u64), Value>,
+    next_id: u64,
+    resumes: u32,
+}
+
+impl Follower {
+    fn subscribe(mut ws: Ws, who: &'static str, ch: &'static str) -> Follower {
+        let (r, _) = subscribe(&mut ws, 1, ch, None);
+        assert_eq!(r["ok"], true, "{who}: {r}");
+        Follower {
+            ws,
+            who,
+            ch,
+            epoch: r["epoch"].as_str().unwrap().to_owned(),
+            last: r["seq"].as_u64().unwrap(),
+            seen: BTreeMap::new(),
+            next_id: 2,
+            resumes: 0,
+        }
+    }
+
+    /// Reads and takes messages until `done` holds.
+    fn until(&mut self, mut done: impl FnMut(&Follower) -> bool) {
+        while !done(self) {
+            let v = recv(&mut self.ws);
+            self.take(v);
+        }
+    }
+
+    /// Takes one message read from the connection (a delivery, a notice).
+    fn take(&mut self, v: Value) {
+        let who = self.who;
+        assert_eq!(v["ch"], self.ch, "{who}: {v}");
+        if let Some(reset) = v.get("reset") {
+            // The numbering restarted: continue in the new epoch, fetching what it already
+            // said before this notice.
+            self.epoch = reset["epoch"].as_str().unwrap().to_owned();
+            self.last = 0;
+            if reset["seq"].as_u64().unwrap() > 0 {
+                self.resume();
+            }
+            return;
+        }
+        let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("{who}: {v}"));
+        assert!(
+            seq > self.last,
+            "{who}: duplicate or reorder: {v} after {}",
+            self.last
+        );
+        if seq > self.last + 1 {
+            return self.resume();
+        }
+        self.last = seq;
+        let old = self
+            .seen
+            .insert((self.epoch.clone(), seq), v["data"].clone());
+        assert!(
+            old.is_none(),
+            "{who}: seq {seq} twice in epoch {}",
+            self.epoch
+        );
+    }
+
+    /// Unsubscribes and subscribes again with `since` at the last seq taken.
+    fn resume(&mut self) {
+        self.resumes += 1;
+        assert!(self.resumes <= 5, "{}: gaps keep coming", self.who);
+        let (id, ch) = (self.next_id, self.ch);
+        self.next_id += 2;
+        send(
+            &mut self.ws,
+            json!({"op": "unsubscribe", "id": id, "channel": ch}),
+        );
+        // What came before the reply follows the gap; the resume brings it again.
+        let (r, _) = reply(&mut self.ws, id);
+        assert_eq!(r["ok"], true, "{}: {r}", self.who);
+        let since = (self.epoch.clone(), self.last);
+        let (r, before) = subscribe(&mut self.ws, id + 1, ch, Some((&since.0, since.1)));
+        assert!(before.is_empty(), "{}: {before:?}", self.who);
+        assert_eq!(
+            r["recovered"], true,
+            "{}: resume from {since:?} after a gap: {r}",
+            self.who
+        );
+    }
+}
+
 #[test]
 fn cluster_nodes_ride_out_redis_being_killed_and_restarted() {
     let mut redis = Redis::start();
     let mut nodes = cluster(&redis, 2, &[]);
-    let mut sub = connect(nodes[1].addr());
-    let (r, _) = subscribe(&mut sub, 1, "ticks", None);
-    let mut epoch = r["epoch"].as_str().unwrap().to_owned();
+    let mut sub = Follower::subscribe(connect(nodes[1].addr()), "subscriber on b", "ticks");
     let mut publisher = connect(nodes[0].addr());
     for n in 1..=5u64 {
         assert_eq!(publish(&mut publisher, n, "ticks", &json!(n)), n);
     }
-    assert_eq!(deliveries(&mut sub, "on b", "ticks", 0, 5).len(), 5);
+    sub.until(|f| f.last == 5);
 
     redis.kill();
     for node in &mut nodes {
@@ -369,8 +465,10 @@ fn cluster_nodes_ride_out_redis_being_killed_and_restarted() {
         );
         assert_eq!(node.healthz(), Some(200), "node {}", node.id);
     }
-    // Both clients are still connected and served.
-    let mut seen: Vec<Value> = ping(&mut sub, "subscriber on b");
+    // Both clients are still connected and served by their nodes.
+    for v in ping(&mut sub.ws, "subscriber on b") {
+        sub.take(v);
+    }
     assert!(ping(&mut publisher, "publisher on a").is_empty());
     // Published while Redis is away: they wait in a's outbox, unanswered for now.
     for n in 6..=8u64 {
@@ -384,54 +482,34 @@ fn cluster_nodes_ride_out_redis_being_killed_and_restarted() {
     for node in &nodes {
         node.wait_readyz(200);
     }
-    // The outbox drained: each publish answered with the number Redis gave it.
+    // The outbox drained: each publish answered with the number Redis gave it. Then more.
     let mut numbered = Vec::new();
     for n in 6..=8u64 {
         let (r, _) = reply(&mut publisher, n);
         assert_eq!(r["ok"], true, "{r}");
-        numbered.push(r["seq"].as_u64().unwrap());
+        numbered.push((r["seq"].as_u64().unwrap(), json!(n)));
     }
     for n in 9..=12u64 {
-        numbered.push(publish(&mut publisher, n, "ticks", &json!(n)));
+        numbered.push((publish(&mut publisher, n, "ticks", &json!(n)), json!(n)));
     }
-    // The subscriber on b ends with every message Redis numbered after the outage, once:
-    // what reached it live, and what it missed filled in by a resume from the last it saw.
-    let mut last = 5u64;
-    let want_last = *numbered.last().unwrap();
-    let mut resubscribed = 0;
-    while last < want_last {
-        let d = if seen.is_empty() {
-            recv(&mut sub)
-        } else {
-            seen.remove(0)
-        };
-        if d.get("id").is_some() {
-            continue;
-        }
-        let seq = d["seq"].as_u64().unwrap_or_else(|| panic!("{d}"));
-        if seq == last + 1 {
-            last = seq;
-            continue;
-        }
-        assert!(seq > last, "duplicate or reorder on b: {d} after {last}");
-        // A gap: fill it from the history in Redis.
-        resubscribed += 1;
-        assert!(resubscribed < 5, "gaps keep coming");
-        send(
-            &mut sub,
-            json!({"op": "unsubscribe", "id": 10 + resubscribed, "channel": "ticks"}),
-        );
-        let (r, _) = reply(&mut sub, 10 + resubscribed);
-        assert_eq!(r["ok"], true, "{r}");
-        let (r, before) = subscribe(&mut sub, 20 + resubscribed, "ticks", Some((&epoch, last)));
-        assert!(
-            before.iter().all(|d| d["seq"].as_u64() <= Some(seq)),
-            "{before:?}"
-        );
-        assert_eq!(r["recovered"], true, "resume after the gap at {last}: {r}");
-        epoch = r["epoch"].as_str().unwrap().to_owned();
+    // The subscriber on b ends with every message Redis numbered, each once: what reached it
+    // live, and what it missed filled in from the history in Redis.
+    let last = numbered.last().unwrap().0;
+    sub.until(|f| f.last >= last);
+    let epoch = &sub.epoch;
+    for (seq, data) in &numbered {
+        let got = sub.seen.get(&(epoch.clone(), *seq));
+        assert_eq!(got, Some(data), "seq {seq} of epoch {epoch} on b");
     }
-    assert_eq!(last, want_last);
+    // Each message once, none lost: before the outage, queued during it, published after.
+    let mut all: Vec<u64> = sub.seen.values().map(|d| d.as_u64().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=12).collect::<Vec<u64>>(),
+        "seen on b: {:?}",
+        sub.seen
+    );
     assert!(nodes.iter_mut().all(Node::is_running));
 }
 
