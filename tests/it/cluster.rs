@@ -346,6 +346,27 @@ fn cluster_presence_spans_nodes_and_a_killed_nodes_members_leave_within_its_ttl(
     drop(on_b);
 }
 
+#[test]
+fn cluster_anonymous_users_of_different_nodes_are_different_members() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2, &[]);
+    // The first connection of each node: the same local index and generation on both.
+    let mut subs = Vec::new();
+    for node in &nodes {
+        let mut ws = connect(node.addr());
+        let (r, _) = subscribe(&mut ws, 1, "lobby", None);
+        assert_eq!(r["ok"], true, "{r}");
+        subs.push(ws);
+    }
+    let mut last = Value::Null;
+    let two = wait_until(PATIENCE, || {
+        last = nodes[0].get("/channels/lobby/presence").json();
+        members(&last).len() == 2
+    });
+    assert!(two, "one user per node, not one shared id: {last}");
+    assert!(members(&last).iter().all(|(_, n)| *n == 1), "{last}");
+}
+
 /// A subscriber that keeps what a client must to never miss a message: the channel's epoch,
 /// the last seq it took, and every delivery by (epoch, seq). A gap, or a numbering restarted
 /// past messages it has not seen (a `reset` notice after Redis lost the channel), is filled by
