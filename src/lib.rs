@@ -57,6 +57,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bus;
 pub mod config;
 pub mod hub;
 pub mod metrics;
