@@ -12,6 +12,8 @@
 //! | history (a stream, `MAXLEN` = history size) | `starling:{<ch>}:hist` |
 //! | presence (hash `<node>\x1f<user>` → connections) | `starling:{<ch>}:presence` |
 //! | deliveries (pub/sub) | `starling:{<ch>}:msg` |
+//! | direct messages to a user (pub/sub) | `starling:user:<user>` |
+//! | a node's direct-message tallies (pub/sub) | `starling:reply:<node>` |
 //! | node registry (sorted set of ids) | `starling:nodes` |
 //! | one node's record (JSON, expires) | `starling:node:<id>` |
 //!
@@ -47,6 +49,33 @@ pub fn channel_of(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix(PREFIX)?.strip_prefix(":{")?;
     let ch = rest.strip_suffix("}:msg")?;
     (!ch.is_empty() && !ch.contains(['{', '}'])).then_some(ch)
+}
+
+/// The pub/sub channel of direct messages to `user` (nodes with a connection of the user
+/// listen to it, so `PUBLISH` tells how many nodes have one).
+pub fn user_topic(user: &str) -> String {
+    format!("{PREFIX}:user:{user}")
+}
+
+/// The user a direct-message topic is for.
+pub fn user_of(topic: &str) -> Option<&str> {
+    topic.strip_prefix(PREFIX)?.strip_prefix(":user:")
+}
+
+/// The pub/sub channel where other nodes send `node` their direct-message counts.
+pub fn reply_topic(node: &str) -> String {
+    format!("{PREFIX}:reply:{node}")
+}
+
+/// Whether `topic` is a reply topic.
+pub fn is_reply(topic: &str) -> bool {
+    topic.starts_with("starling:reply:")
+}
+
+/// Splits `<word> <rest>` (the direct-message and tally payloads).
+pub fn split_word(p: &[u8]) -> Option<(&str, &[u8])> {
+    let sp = p.iter().position(|&b| b == b' ')?;
+    Some((std::str::from_utf8(&p[..sp]).ok()?, &p[sp + 1..]))
 }
 
 /// A node's record key.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::shard::{Asker, ConnAddr, Publisher};
+use crate::shard::{Asker, ConnAddr, Publisher, Tally};
 
 /// A request from a shard (or the admin API) to the bus thread.
 #[derive(Debug)]
@@ -78,6 +78,30 @@ pub enum Req {
         user: Arc<str>,
         /// +1 join, -1 leave.
         delta: i32,
+    },
+    /// One more (+1) or one fewer (-1) connection of `user` (a token's `sub`) on this node:
+    /// the node listens for direct messages to the users it has.
+    User {
+        /// User id.
+        user: Arc<str>,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// A direct message to every connection of `user` on every node; `tally` gets the total.
+    Direct {
+        /// User id.
+        user: Arc<str>,
+        /// The direct frame (a whole WebSocket frame), shared.
+        frame: Bytes,
+        /// Where the number of connections that got it goes (once).
+        tally: Tally,
+    },
+    /// A shard's count for the bus's direct-message token `token`.
+    DirectCount {
+        /// The bus thread's token.
+        token: u64,
+        /// Connections on that shard that got it.
+        count: u64,
     },
     /// Who is in the channel on every live node.
     List {

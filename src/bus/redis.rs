@@ -33,7 +33,9 @@ use super::{backoff, shard_of, BusEvent, BusState, Entry, Inbox, NodeRecord, Req
 use crate::config::Config;
 use crate::hub::wire;
 use crate::metrics::Published;
-use crate::shard::{owner_of, Asker, Command, Handle, HubCmd, Members, PresenceCmd, Publisher};
+use crate::shard::{
+    owner_of, Asker, Command, Handle, HubCmd, Members, PresenceCmd, Publisher, Tally, UserCmd,
+};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const FETCH_LUA: &str = include_str!("fetch.lua");
@@ -42,6 +44,8 @@ const FETCH_LUA: &str = include_str!("fetch.lua");
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publishes per pipeline.
 const BATCH: usize = 256;
+/// How long a direct message waits for other nodes' counts before answering with what it has.
+const DIRECT_WAIT: Duration = Duration::from_secs(2);
 /// Channel keys and presence hashes expire this long after their last write (at least twice
 /// the history TTL), so abandoned channels do not stay in Redis forever.
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -80,6 +84,12 @@ pub fn start(
         topics: HashSet::new(),
         mirror: HashMap::new(),
         gone: HashSet::new(),
+        users: HashMap::new(),
+        user_topics: HashSet::new(),
+        directs: HashMap::new(),
+        rounds: HashMap::new(),
+        replies: VecDeque::new(),
+        next_token: 0,
         rng: started_ms ^ u64::from(std::process::id()).rotate_left(32),
         shas: (String::new(), String::new()),
         stopping: false,
@@ -95,6 +105,32 @@ struct Outgoing {
     data: Box<serde_json::value::RawValue>,
     key: Option<Arc<str>>,
     from: Publisher,
+}
+
+/// A direct message sent from this node, waiting for the counts of the nodes that have the
+/// user.
+struct Outstanding {
+    tally: Tally,
+    waiting: usize,
+    sum: u64,
+    deadline: tokio::time::Instant,
+}
+
+/// Where a round of local delivery (every shard of this node) reports its total.
+enum RoundFor {
+    /// A direct message sent from another node: its reply topic and token.
+    Remote(String, u64),
+    /// One sent from this node (its `directs` token).
+    Local(u64),
+    /// Straight to the sender (Redis away: this node only).
+    Sender(Tally),
+}
+
+/// One round of local delivery.
+struct Round {
+    for_: RoundFor,
+    waiting: usize,
+    sum: u64,
 }
 
 /// Both connections, while they work.
@@ -123,6 +159,17 @@ struct Worker {
     mirror: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     /// (channel, user) whose count dropped to 0 while Redis was away: deleted on reconnect.
     gone: HashSet<(Arc<str>, Arc<str>)>,
+    /// Connections per user (token users only) on this node.
+    users: HashMap<Arc<str>, u32>,
+    /// Users whose direct-message topic is subscribed on the current connection.
+    user_topics: HashSet<Arc<str>>,
+    /// Direct messages from this node waiting for counts, by token.
+    directs: HashMap<u64, Outstanding>,
+    /// Local delivery rounds waiting for the shards' counts, by token.
+    rounds: HashMap<u64, Round>,
+    /// Counts to send to other nodes: (their node id, their token, count).
+    replies: VecDeque<(String, u64, u64)>,
+    next_token: u64,
     rng: u64,
     /// SHA1 of the publish and fetch scripts, loaded at every connect.
     shas: (String, String),
@@ -140,6 +187,11 @@ impl Worker {
                     tracing::info!(url = %self.cfg.bus.url, node = %self.state.node_id, "bus connected");
                     let res = self.serve(link).await;
                     self.state.set_connected(false);
+                    // Counts from other nodes cannot arrive any more: answer with what came.
+                    for (_, o) in std::mem::take(&mut self.directs) {
+                        self.answer(o.tally, o.sum);
+                    }
+                    self.replies.clear();
                     match res {
                         Ok(()) => break,
                         Err(e) => tracing::warn!(error = %e, "bus: lost redis"),
@@ -210,6 +262,9 @@ impl Worker {
         self.shas = (publish, fetch);
         let mut topics: Vec<String> = self.topics.iter().map(|c| keys::topic(c)).collect();
         topics.push(keys::topic(&self.canary_channel()));
+        topics.push(keys::reply_topic(&self.state.node_id));
+        self.user_topics = self.users.keys().cloned().collect();
+        topics.extend(self.user_topics.iter().map(|u| keys::user_topic(u)));
         for chunk in topics.chunks(1000) {
             tokio::time::timeout(IO_TIMEOUT, sink.subscribe(chunk))
                 .await
@@ -235,6 +290,7 @@ impl Worker {
         let period = self.state.heartbeat;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
             self.work(&mut link).await?;
             tokio::select! {
@@ -248,6 +304,7 @@ impl Worker {
                     None => { self.stopping = true; return Ok(()); }
                 },
                 _ = beat.tick() => self.heartbeat(&mut link).await?,
+                _ = sweep.tick() => self.expire_directs(),
             }
         }
     }
@@ -297,6 +354,20 @@ impl Worker {
                     self.gone.remove(&(channel, user));
                 }
             }
+            Req::User { user, delta } => {
+                let n = self.users.entry(Arc::clone(&user)).or_insert(0);
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    self.users.remove(&user);
+                }
+                if connected {
+                    self.waiting.push_back(Req::User { user, delta });
+                }
+            }
+            Req::Direct { user, frame, tally } if !connected => {
+                self.local_round(&user, frame, RoundFor::Sender(tally));
+            }
+            Req::DirectCount { token, count } => self.round_count(token, count),
             Req::List { channel, to } if !connected => {
                 let members = self.local_members(&channel);
                 self.answer_list(&channel, to, members);
@@ -324,6 +395,23 @@ impl Worker {
                         return Err(e);
                     }
                 }
+                continue;
+            }
+            if let Some(Req::Direct { .. }) = self.waiting.front() {
+                let Some(Req::Direct { user, frame, tally }) = self.waiting.pop_front() else {
+                    continue;
+                };
+                self.send_direct(link, user, frame, tally).await?;
+                continue;
+            }
+            if let Some((node, token, count)) = self.replies.front() {
+                let payload = format!("{token} {count}");
+                redis::cmd("PUBLISH")
+                    .arg(keys::reply_topic(node))
+                    .arg(payload)
+                    .query_async::<()>(&mut link.conn)
+                    .await?;
+                self.replies.pop_front();
                 continue;
             }
             if let Some(req) = self.waiting.front().and_then(peek) {
@@ -367,6 +455,22 @@ impl Worker {
             } => {
                 let ev = self.fetch(link, &channel, token, Some(after)).await?;
                 self.tell_owner(&channel, ev);
+            }
+            Peek::User { user } => {
+                let want = self.users.contains_key(&user);
+                let have = self.user_topics.contains(&user);
+                let topic = keys::user_topic(&user);
+                if want && !have {
+                    tokio::time::timeout(IO_TIMEOUT, link.sink.subscribe(topic))
+                        .await
+                        .map_err(timeout_error)??;
+                    self.user_topics.insert(user);
+                } else if !want && have {
+                    tokio::time::timeout(IO_TIMEOUT, link.sink.unsubscribe(topic))
+                        .await
+                        .map_err(timeout_error)??;
+                    self.user_topics.remove(&user);
+                }
             }
             Peek::Presence {
                 channel,
@@ -480,6 +584,12 @@ impl Worker {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(user) = keys::user_of(topic) {
+            return self.on_direct(user, payload);
+        }
+        if keys::is_reply(topic) {
+            return self.on_reply(payload);
+        }
         let Some(ch) = keys::channel_of(topic) else {
             return;
         };
@@ -516,6 +626,176 @@ impl Worker {
                 entry,
             },
         );
+    }
+
+    /// A direct message from this node: to every node with the user (`PUBLISH` says how
+    /// many), each of which answers with its count.
+    async fn send_direct(
+        &mut self,
+        link: &mut Link,
+        user: Arc<str>,
+        frame: Bytes,
+        tally: Tally,
+    ) -> Result<()> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let mut payload = format!("{} {token} ", self.state.node_id).into_bytes();
+        payload.extend_from_slice(&frame);
+        let sent: Result<usize> = redis::cmd("PUBLISH")
+            .arg(keys::user_topic(&user))
+            .arg(payload)
+            .query_async(&mut link.conn)
+            .await;
+        match sent {
+            Ok(0) => self.answer(tally, 0),
+            Ok(nodes) => {
+                let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
+                let o = Outstanding {
+                    tally,
+                    waiting: nodes,
+                    sum: 0,
+                    deadline,
+                };
+                self.directs.insert(token, o);
+            }
+            Err(e) => {
+                // Redis went away under it: this node's connections still get it.
+                self.local_round(&user, frame, RoundFor::Sender(tally));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `<node> <token> <frame>` on a user's topic: deliver here, then report the count.
+    fn on_direct(&mut self, user: &str, payload: &[u8]) {
+        let parsed = keys::split_word(payload).and_then(|(node, rest)| {
+            let (token, frame) = keys::split_word(rest)?;
+            Some((node.to_owned(), token.parse::<u64>().ok()?, frame))
+        });
+        let Some((node, token, frame)) = parsed else {
+            self.state
+                .counters
+                .malformed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let frame = Bytes::copy_from_slice(frame);
+        let for_ = if node == self.state.node_id {
+            RoundFor::Local(token)
+        } else {
+            RoundFor::Remote(node, token)
+        };
+        self.local_round(&Arc::from(user), frame, for_);
+    }
+
+    /// `<token> <count>` on our reply topic: one node's count for our direct message.
+    fn on_reply(&mut self, payload: &[u8]) {
+        let parsed = keys::split_word(payload).and_then(|(token, count)| {
+            let count = std::str::from_utf8(count).ok()?.parse::<u64>().ok()?;
+            Some((token.parse::<u64>().ok()?, count))
+        });
+        match parsed {
+            Some((token, count)) => self.direct_count(token, count),
+            None => {
+                self.state
+                    .counters
+                    .malformed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Gives `frame` to every shard of this node for `user`'s connections.
+    fn local_round(&mut self, user: &Arc<str>, frame: Bytes, for_: RoundFor) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let mut asked = 0;
+        for h in &self.shards {
+            let cmd = UserCmd::Direct {
+                user: Arc::clone(user),
+                frame: frame.clone(),
+                tally: Tally::Bus { token },
+            };
+            if h.send(Command::Hub(HubCmd::User(cmd))) {
+                asked += 1;
+            }
+        }
+        let round = Round {
+            for_,
+            waiting: asked,
+            sum: 0,
+        };
+        if asked == 0 {
+            return self.round_done(round);
+        }
+        self.rounds.insert(token, round);
+    }
+
+    fn round_count(&mut self, token: u64, count: u64) {
+        let Some(r) = self.rounds.get_mut(&token) else {
+            return;
+        };
+        r.sum += count;
+        r.waiting -= 1;
+        if r.waiting == 0 {
+            if let Some(r) = self.rounds.remove(&token) {
+                self.round_done(r);
+            }
+        }
+    }
+
+    fn round_done(&mut self, r: Round) {
+        match r.for_ {
+            RoundFor::Remote(node, token) => self.replies.push_back((node, token, r.sum)),
+            RoundFor::Local(token) => self.direct_count(token, r.sum),
+            RoundFor::Sender(tally) => self.answer(tally, r.sum),
+        }
+    }
+
+    /// One node's count for a direct message from this node.
+    fn direct_count(&mut self, token: u64, count: u64) {
+        let Some(o) = self.directs.get_mut(&token) else {
+            return;
+        };
+        o.sum += count;
+        o.waiting = o.waiting.saturating_sub(1);
+        if o.waiting == 0 {
+            if let Some(o) = self.directs.remove(&token) {
+                self.answer(o.tally, o.sum);
+            }
+        }
+    }
+
+    /// Answers direct messages whose nodes did not all answer in time, with what came.
+    fn expire_directs(&mut self) {
+        let now = tokio::time::Instant::now();
+        let late: Vec<u64> = self
+            .directs
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            if let Some(o) = self.directs.remove(&t) {
+                self.answer(o.tally, o.sum);
+            }
+        }
+    }
+
+    fn answer(&self, tally: Tally, count: u64) {
+        match tally {
+            Tally::Shard { shard, token } => {
+                let cmd = UserCmd::Delivered { token, count };
+                if let Some(h) = self.shards.get(shard as usize) {
+                    h.send(Command::Hub(HubCmd::User(cmd)));
+                }
+            }
+            Tally::Caller(tx) => {
+                let _ = tx.send(count);
+            }
+            Tally::Bus { .. } => {}
+        }
     }
 
     fn tell_owner(&self, channel: &str, ev: BusEvent) {
@@ -751,6 +1031,9 @@ enum Peek {
         user: Arc<str>,
         count: u32,
     },
+    User {
+        user: Arc<str>,
+    },
 }
 
 /// What serving `req` needs; `None` for requests never kept in `waiting` (publishes, lists).
@@ -781,7 +1064,12 @@ fn peek(req: &Req) -> Option<Peek> {
             user: Arc::clone(user),
             count: (*delta).max(0) as u32,
         },
-        Req::List { .. } | Req::Publish { .. } => return None,
+        Req::User { user, .. } => Peek::User {
+            user: Arc::clone(user),
+        },
+        Req::List { .. } | Req::Publish { .. } | Req::Direct { .. } | Req::DirectCount { .. } => {
+            return None
+        }
     })
 }
 

@@ -31,6 +31,7 @@ mod sweep;
 pub use conn::{Conn, Phase};
 pub use hub::{owner_of, ConnAddr, HubCmd, Publisher};
 pub use hub_presence::{Asker, Members, PresenceCmd};
+pub use hub_users::{Tally, UserCmd};
 pub use lifecycle::DISCONNECTED;
 
 use std::io;
@@ -400,6 +401,14 @@ impl Server {
         let frame = crate::hub::wire::direct_frame(None, data);
         let user: Arc<str> = Arc::from(user);
         let (tx, rx) = crossbeam_channel::unbounded();
+        if let (Some((bus, _)), None) = (&self.bus, crate::hub::presence::parse_anon(&user)) {
+            // Any node may hold the user's connections: the bus gathers every node's count.
+            let tally = hub_users::Tally::Caller(tx);
+            if !bus.send(crate::bus::Req::Direct { user, frame, tally }) {
+                return Err(PublishError::Stopped);
+            }
+            return Ok(gather(&rx, 1, timeout));
+        }
         let asked = self
             .shards_for(&user)
             .filter(|h| {

@@ -397,7 +397,8 @@ mod tests {
                 "too_large",
                 "forbidden",
                 "rate_limited",
-                "bad_user"
+                "bad_user",
+                "unavailable"
             ]
         );
     }
