@@ -350,6 +350,46 @@ fn cluster_presence_spans_nodes_and_a_killed_nodes_members_leave_within_its_ttl(
 }
 
 #[test]
+fn cluster_direct_messages_reach_the_user_on_every_node() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3, &["--jwt-secret", SECRET]);
+    let mut bobs = [
+        connect_as(nodes[0].addr(), "bob"),
+        connect_as(nodes[1].addr(), "bob"),
+        connect_as(nodes[1].addr(), "bob"),
+    ];
+    let mut alice = connect_as(nodes[2].addr(), "alice");
+    // Each of bob's connections is known to its node once it answers a ping.
+    for (i, b) in bobs.iter_mut().enumerate() {
+        assert!(ping(b, &format!("bob {i}")).is_empty());
+    }
+    // A node listens for a user's messages once the user has a connection there; until every
+    // node does, a try counts fewer. Tries are numbered so that each copy is told apart.
+    let (mut tries, mut last) = (0u64, Value::Null);
+    let all = wait_until(PATIENCE, || {
+        tries += 1;
+        send(
+            &mut alice,
+            json!({"op": "direct", "id": tries, "user": "bob", "data": {"try": tries}}),
+        );
+        last = reply(&mut alice, tries).0;
+        last["delivered"] == 3
+    });
+    assert!(all, "delivered to every connection of bob's: {last}");
+    // Each connection got the last try once, after at most one copy of each earlier try.
+    for (i, b) in bobs.iter_mut().enumerate() {
+        let mut prev = 0;
+        while prev < tries {
+            let d = recv(b);
+            assert_eq!(d["from"], "alice", "bob {i}: {d}");
+            let t = d["direct"]["try"].as_u64().unwrap();
+            assert!(t > prev, "bob {i}: try {t} after {prev}");
+            prev = t;
+        }
+    }
+}
+
+#[test]
 fn cluster_anonymous_users_of_different_nodes_are_different_members() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 2, &[]);
