@@ -1,8 +1,9 @@
 //! Several nodes on one Redis bus (`starling serve --app hub --bus redis://… --node-id …`), as
 //! real processes against a `redis-server` of the test's own: fan-out from publishers on every
 //! node to subscribers on every node in one numbering, `since` and `Last-Event-ID` resumes on
-//! another node, presence across nodes and a killed node's members leaving within the node
-//! TTL, Redis killed and restarted under running nodes, and a node started before its Redis.
+//! another node, presence across nodes (anonymous ids kept apart per node) and a killed node's
+//! members leaving within the node TTL, direct messages to a user on every node, Redis killed
+//! and restarted under running nodes, and a node started before its Redis (docs/CLUSTER.md).
 //!
 //! Nothing here is timed except where the behaviour is itself a bound (a dead node's members
 //! go within its TTL); every other wait is for an event, bounded by [`PATIENCE`] so a broken
