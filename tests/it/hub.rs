@@ -21,7 +21,7 @@ fn hub(shards: usize, history: usize) -> TestServer {
 }
 
 /// Reads until the reply with `id`, returning it and the deliveries seen before it.
-fn reply(ws: &mut Ws, id: u64) -> (Value, Vec<Value>) {
+pub fn reply(ws: &mut Ws, id: u64) -> (Value, Vec<Value>) {
     let mut before = Vec::new();
     loop {
         let v = recv(ws);
@@ -32,7 +32,12 @@ fn reply(ws: &mut Ws, id: u64) -> (Value, Vec<Value>) {
     }
 }
 
-fn subscribe(ws: &mut Ws, id: u64, ch: &str, since: Option<(&str, u64)>) -> (Value, Vec<Value>) {
+pub fn subscribe(
+    ws: &mut Ws,
+    id: u64,
+    ch: &str,
+    since: Option<(&str, u64)>,
+) -> (Value, Vec<Value>) {
     let mut cmd = json!({"op": "subscribe", "id": id, "channel": ch});
     if let Some((epoch, seq)) = since {
         cmd["since"] = json!({"epoch": epoch, "seq": seq});

@@ -80,3 +80,9 @@ mod slow_policy;
 // direct messages to users. If you're adding something about who is in a channel or messages
 // to a user, it goes in here.
 mod presence;
+
+// Several nodes as real processes on one Redis bus (`--bus redis://…`, a redis-server the test
+// starts): fan-out and numbering across nodes, resume on another node, cluster-wide presence
+// and dead nodes, Redis lost and back. If you're adding something about what crosses between
+// nodes, it goes in here.
+mod cluster;

@@ -5,7 +5,6 @@
 //! it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +17,7 @@ use starling::shard::Server;
 use tungstenite::Message;
 
 use crate::util::child::{free_port, run, Child};
+use crate::util::http::{raw_request, request, request_with_body, Resp};
 use crate::util::{self, wait_until, ws, PATIENCE};
 
 /// A server plus its admin API, both stopped when dropped.
@@ -73,75 +73,6 @@ impl Drop for Admin {
                 s.join();
             }
         }
-    }
-}
-
-/// A parsed HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        let h = self
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name));
-        h.map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`), read to EOF and parsed.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-    request_with_body(addr, method, path, headers, b"")
-}
-
-/// [`request`] with a body, its `Content-Length` declared when it is not empty.
-fn request_with_body(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    raw_request(addr, &bytes)
-}
-
-/// Sends `bytes` as they are on a fresh connection; the response read to EOF and parsed.
-fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect to the admin API");
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.set_write_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("response read to EOF");
-    let mut hs = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut hs);
-    let n = match r.parse(&raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        other => panic!("bad response {other:?}: {}", String::from_utf8_lossy(&raw)),
-    };
-    Resp {
-        status: r.code.unwrap(),
-        headers: r
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into()))
-            .collect(),
-        body: String::from_utf8(raw[n..].to_vec()).expect("UTF-8 body"),
     }
 }
 

@@ -63,6 +63,7 @@ pub struct Child {
 impl Child {
     /// `starling serve --listen 127.0.0.1:<free port> <args>`, once it accepts connections.
     pub fn serve(args: &[&str]) -> Child {
+        let mut log = String::new();
         for _ in 0..5 {
             let port = free_port();
             let listen = format!("127.0.0.1:{port}");
@@ -76,16 +77,22 @@ impl Child {
             {
                 all.push("--no-api");
             }
-            if let Some(c) = Child::spawn_listening(&all, port) {
-                return c;
+            match Child::try_spawn_listening(&all, port) {
+                Ok(c) => return c,
+                Err(e) => log = e,
             }
         }
-        panic!("starling serve {args:?} did not start on any of 5 ports");
+        panic!("starling serve {args:?} did not start on any of 5 ports; last log:\n{log}");
     }
 
     /// Spawns `starling <args>` and waits until `port` accepts connections. None if the process
     /// exited first (e.g. the port was taken meanwhile); panics if it neither exits nor listens.
     pub fn spawn_listening(args: &[&str], port: u16) -> Option<Child> {
+        Child::try_spawn_listening(args, port).ok()
+    }
+
+    /// [`Child::spawn_listening`] with what the process wrote before it exited as the error.
+    pub fn try_spawn_listening(args: &[&str], port: u16) -> Result<Child, String> {
         let log = temp_path("starling.log");
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -108,14 +115,14 @@ impl Child {
             exited || TcpStream::connect(addr).is_ok()
         });
         if exited {
-            return None;
+            return Err(c.log_text());
         }
         assert!(
             up,
             "starling {args:?} never listened; log:\n{}",
             c.log_text()
         );
-        Some(c)
+        Ok(c)
     }
 
     /// The process id.

@@ -1,12 +1,16 @@
 //! Shared machinery for the integration tests: an in-process server on port 0 that shuts down
 //! when dropped, polling waits with generous upper bounds, and the client helpers in the
-//! submodules (`raw` for hand-built bytes, `ws` for the independent tungstenite client, `child`
-//! for the real binary as a separate process).
+//! submodules (`raw` for hand-built bytes, `ws` for the independent tungstenite client, `sse`
+//! for event streams, `http` for the admin API, `child` for the real binary as a separate
+//! process, `redis` for a `redis-server` of the test's own and `node` for cluster nodes on it).
 //!
 //! Waits here only bound how long a test may hang; no test asserts that something was fast.
 
 pub mod child;
+pub mod http;
+pub mod node;
 pub mod raw;
+pub mod redis;
 pub mod sse;
 pub mod ws;
 
