@@ -119,6 +119,10 @@ pub enum HubCmd {
         channel: Arc<str>,
         /// The `reset` notice, shared.
         frame: Bytes,
+        /// The new epoch, and the seq deliveries continue after.
+        epoch: u32,
+        /// See `epoch`.
+        seq: u64,
     },
     /// From the bus thread to the publisher's shard: the publish was dropped (Redis away and
     /// the outbox full).
@@ -567,7 +571,15 @@ impl Shard {
             HubCmd::Presence(cmd) => self.presence_command(cmd),
             HubCmd::User(cmd) => self.user_command(cmd),
             HubCmd::Bus(ev) => self.relay_event(ev),
-            HubCmd::Reset { channel, frame } => self.reset_local(&channel, frame),
+            HubCmd::Reset {
+                channel,
+                frame,
+                epoch,
+                seq,
+            } => {
+                self.reset_local(&channel, frame);
+                self.reposition(&channel, epoch, seq);
+            }
             HubCmd::PublishFailed { to, id } => {
                 if self.is_current(to) {
                     self.hub_error(to.idx as usize, id, ErrorCode::Unavailable);

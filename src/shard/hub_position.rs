@@ -9,6 +9,8 @@
 //! committed here (`Local::epoch`, `Local::seq`). A subscriber that was given none yet stands
 //! at its subscribe reply's `seq`, which is what the answer sets `Local::seq` to (the owner
 //! answers after every earlier delivery on the same FIFO path, and before every later one).
+//! With the Redis bus a channel's numbering may restart; the `reset` notice then moves every
+//! live subscriber to the new epoch and its starting seq ([`Shard::reposition`]).
 //!
 //! **The exceptions are recorded on the slow path only.** A subscriber over its bound on a
 //! `drop` or `conflate` channel is refused deliveries, or has them held (`slow.rs`); only
@@ -97,6 +99,14 @@ impl Gaps {
         }
     }
 
+    /// The channel's numbering restarted: what was missed in the old one is not comparable.
+    fn forget_channel(&mut self, channel: &str) {
+        self.by_conn.retain(|_, list| {
+            list.retain(|(c, _)| &**c != channel);
+            !list.is_empty()
+        });
+    }
+
     /// The connection left `channel` (or went): nothing to remember.
     pub(super) fn forget(&mut self, idx: u32, channel: &str) {
         if let Some(list) = self.by_conn.get_mut(&idx) {
@@ -141,6 +151,15 @@ impl Shard {
             .collect()
     }
 
+    /// The channel's numbering restarted (Redis bus, `hub_relay.rs`): once the `reset` notice
+    /// is queued, every live subscriber stands at `seq` in `epoch`.
+    pub(super) fn reposition(&mut self, channel: &str, epoch: u32, seq: u64) {
+        if let Some(l) = self.hub.local.get_mut(channel) {
+            (l.epoch, l.seq) = (epoch, seq);
+        }
+        self.hub.gaps.forget_channel(channel);
+    }
+
     /// The deliveries in `frames` (joined, the last being the channel's last committed) were
     /// not queued for the connections in `over`.
     pub(super) fn note_missed(&mut self, channel: &Arc<str>, frames: &[u8], over: &[usize]) {
@@ -182,6 +201,10 @@ mod tests {
         assert_eq!(g.last_queued(1, "news", 5), 5);
         g.forget(1, "log");
         assert!(!g.by_conn.contains_key(&1));
+        g.missed(1, &ch, 20, 21);
+        g.missed(2, &ch, 20, 21);
+        g.forget_channel("log");
+        assert!(g.by_conn.is_empty());
         assert_eq!(g.last_queued(1, "log", 17), 17);
     }
 
