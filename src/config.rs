@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod bus;
+mod drain;
 mod policy;
 pub use bus::BusSettings;
+pub use drain::{DrainPlan, DRAIN_CODES};
 pub use policy::{ChannelPolicy, SlowPolicy};
 
 /// What the engine does with the messages it receives.
@@ -84,6 +86,17 @@ pub struct Config {
     /// On SIGTERM/SIGINT: how long to wait for close handshakes before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// On drain: connections closed per step, node-wide (each shard closes ceil(N / shards));
+    /// 0 = all at once. A pace spreads the clients' reconnects over the drain instead of
+    /// sending them all to the rest of the fleet in the same instant (`config/drain.rs`).
+    pub drain_batch: usize,
+    /// On drain: time between steps. 100 ms with a batch of 1,000 moves 10,000 clients a
+    /// second, about what a peer node absorbs in handshakes while serving.
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+    /// On drain: the close code, 1001 (going away) or 1012 (service restart, what a rolling
+    /// deploy means). 1001 by default, as before there was a choice.
+    pub drain_code: u16,
     /// Per-shard read buffer. One buffer per shard, not per connection, so its size costs
     /// nothing per connection; 64 KiB drains a busy socket in few syscalls.
     pub read_buffer_size: usize,
@@ -163,6 +176,9 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            drain_batch: 0,
+            drain_interval: Duration::from_millis(100),
+            drain_code: drain::GOING_AWAY,
             read_buffer_size: 64 * 1024,
             max_connections_per_shard: 0,
             stats_interval: Duration::from_secs(10),
@@ -241,6 +257,16 @@ impl Config {
             .map_or(SlowPolicy::Disconnect, |r| r.policy)
     }
 
+    /// The drain this configuration asks for on SIGTERM/SIGINT.
+    pub fn drain_plan(&self) -> DrainPlan {
+        DrainPlan {
+            batch: self.drain_batch,
+            interval: self.drain_interval,
+            code: self.drain_code,
+            timeout: self.drain_timeout,
+        }
+    }
+
     /// The shard count after resolving 0 to the number of cores.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
@@ -301,6 +327,9 @@ impl Config {
         }
         if self.max_missed_pongs == 0 {
             return bad("max_missed_pongs", "must be at least 1");
+        }
+        if let Err(why) = drain::check_code(self.drain_code) {
+            return bad("drain_code", why);
         }
         if let Some(key) = &self.api_key {
             // It travels in an `Authorization` header: visible ASCII, no spaces.
@@ -460,6 +489,18 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, time allowed for close handshakes before exiting [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// On drain, connections closed per step over the whole node (each shard closes its share,
+    /// ceil(N / shards)), so clients reconnect elsewhere a batch at a time; 0 = all at once
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    pub drain_batch: Option<usize>,
+    /// On drain, time between two batches of closes, e.g. 100ms [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_interval: Option<Duration>,
+    /// On drain, the close code: 1001 (going away) or 1012 (service restart, for rolling
+    /// deploys) [default: 1001].
+    #[arg(long, value_name = "CODE")]
+    pub drain_code: Option<u16>,
     /// Per-shard read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
@@ -569,6 +610,9 @@ impl ServeArgs {
             idle_timeout,
             close_timeout,
             drain_timeout,
+            drain_batch,
+            drain_interval,
+            drain_code,
             read_buffer_size,
             max_connections_per_shard,
             stats_interval,

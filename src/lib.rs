@@ -51,6 +51,10 @@
 //! A `GET /sse` request instead gets a `200` and goes to `Stream` (events out, input ignored)
 //! until the client leaves or the server ends it with `Flushing`.
 //!
+//! A drain (SIGTERM, or `POST /drain` on the admin API) closes the listeners, then moves the
+//! open connections to `Closing` a batch per interval (`shard/drain.rs`); a hub connection is
+//! first told where it stands in each channel, so it can resume elsewhere without a gap.
+//!
 //! # How a broadcast flows
 //!
 //! A message read on shard A is framed once, appended to A's per-pass outgoing buffer, and at

@@ -1,7 +1,9 @@
-//! `starling`: parse flags, check limits, start the shards, wait for a signal, drain, report.
+//! `starling`: parse flags, check limits, start the shards, wait for a signal, drain, report;
+//! or (`starling drain`) ask a running node to drain through its admin API.
 //!
 //! Exit codes: 0 after a clean drain, 2 for a configuration error, 1 for anything else
-//! (e.g. the address cannot be bound).
+//! (e.g. the address cannot be bound). `starling drain`: 0 when the node started draining,
+//! 1 otherwise (2 for bad flags, as always).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -27,7 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the WebSocket server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask a running node to drain (as SIGTERM does) through its admin API (`POST /drain`).
+    Drain(api::client::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(args) => serve(&args),
+        Cmd::Drain(args) => match api::client::drain(&args) {
+            Ok(started) => {
+                println!("{started}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("starling drain: {why}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -79,13 +93,18 @@ fn serve(args: &ServeArgs) -> ExitCode {
         stats_every.min(Duration::from_millis(200))
     };
     let mut since_log = Duration::ZERO;
-    let mut draining = false;
     while !server.is_finished() {
         match signals.recv_timeout(tick) {
-            Ok(sig) if !draining => {
-                tracing::info!(signal = sig, "draining: closing connections with 1001");
+            // A drain may also have started through the admin API (`POST /drain`).
+            Ok(sig) if !server.is_draining() => {
+                let plan = server.drain_plan();
+                tracing::info!(
+                    signal = sig,
+                    batch = plan.batch,
+                    code = plan.code,
+                    "draining"
+                );
                 server.drain();
-                draining = true;
             }
             Ok(sig) => {
                 tracing::warn!(signal = sig, "second signal: stopping now");

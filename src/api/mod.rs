@@ -3,7 +3,9 @@
 //! off the hot path by construction: they only see the snapshots each shard publishes (every
 //! ~250 ms) and the server's drain flag, so a scrape costs the shards nothing. `POST /publish`
 //! and `GET /channels` go to the shards as commands, through the [`Engine`] the view holds,
-//! exactly like a client's publish does.
+//! exactly like a client's publish does. `POST /drain` starts the server's drain (as SIGTERM
+//! does) with an optional pace and close code of its own; `client` is the other end of it,
+//! `starling drain`.
 //!
 //! # Contract
 //!
@@ -32,8 +34,10 @@
 //!
 //! Files: this one holds the view, the routing table, dispatch and the key check; `routes`
 //! the handlers; `prometheus` the text format; `http` the HTTP/1.1 wire format (pure);
-//! `server` the thread, its sockets and their time limits.
+//! `server` the thread, its sockets and their time limits; `client` the `starling drain`
+//! command's side.
 
+pub mod client;
 mod cluster;
 mod http;
 mod prometheus;
@@ -49,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+use crate::config::DrainPlan;
 use crate::metrics::Published;
 use crate::shard::{Members, PublishError, Server};
 use routes::Reply;
@@ -79,6 +84,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Closes every connection of `user` ([`Server::disconnect`]).
     fn disconnect(&self, user: &str, timeout: Duration) -> usize;
+
+    /// The drain the server is configured for ([`Server::drain_plan`]).
+    fn drain_plan(&self) -> DrainPlan;
+
+    /// Starts a drain with `plan`; false if one had already started ([`Server::drain_with`]).
+    fn drain(&self, plan: DrainPlan) -> bool;
 }
 
 impl Engine for Server {
@@ -105,6 +116,14 @@ impl Engine for Server {
 
     fn disconnect(&self, user: &str, timeout: Duration) -> usize {
         Server::disconnect(self, user, timeout)
+    }
+
+    fn drain_plan(&self) -> DrainPlan {
+        Server::drain_plan(self)
+    }
+
+    fn drain(&self, plan: DrainPlan) -> bool {
+        Server::drain_with(self, plan)
     }
 }
 
@@ -244,6 +263,7 @@ const ROUTES: &[Route] = &[
     Route::get_at("/channels/{}/presence", Access::Key, routes::presence),
     Route::post_at("/users/{}/disconnect", Access::Key, routes::disconnect),
     Route::post("/direct", Access::Key, routes::direct),
+    Route::post("/drain", Access::Key, routes::drain),
 ];
 
 /// One request as the router sees it.
@@ -368,6 +388,8 @@ pub(super) mod tests {
         pub not_hub: bool,
         pub published: Mutex<Vec<(String, String)>>,
         pub listing: Vec<(String, usize)>,
+        /// The drain started, if any.
+        pub drained: Mutex<Option<DrainPlan>>,
     }
 
     impl Engine for FakeEngine {
@@ -409,6 +431,19 @@ pub(super) mod tests {
 
         fn disconnect(&self, user: &str, _: Duration) -> usize {
             user.len()
+        }
+
+        fn drain_plan(&self) -> DrainPlan {
+            crate::config::Config::default().drain_plan()
+        }
+
+        fn drain(&self, plan: DrainPlan) -> bool {
+            let mut started = self.drained.lock().unwrap();
+            let first = started.is_none();
+            if first {
+                *started = Some(plan);
+            }
+            first
         }
     }
 

@@ -13,6 +13,10 @@
 //! presence and user side: the channel's owner shard answers the list, and a direct message or
 //! a disconnect goes to every shard (only the named one for an anonymous id) and sums their
 //! counts.
+//!
+//! `POST /drain` is SIGTERM over HTTP, for deploy tooling that talks to the API rather than
+//! to the process: the same drain, with the configured pace and code unless the body says
+//! otherwise.
 
 use std::time::Duration;
 
@@ -254,6 +258,54 @@ struct DirectBody<'a> {
     user: String,
     #[serde(borrow)]
     data: &'a RawValue,
+}
+
+/// `POST /drain`, body (optional, every field optional) `{"batch": N, "interval_ms": N,
+/// "code": 1001|1012}`: starts the server's drain as SIGTERM does — readiness goes 503, the
+/// listeners close, connections are closed `batch` per step node-wide every `interval_ms`
+/// with `code`, and the process exits when they are gone or the drain timeout passes. The
+/// configured values fill what the body leaves out. 202 with the plan started, `{"draining":
+/// true, "batch", "interval_ms", "code", "timeout_ms"}`; 400 for a malformed body or another
+/// code; 409 if a drain has already started (there is only one).
+pub fn drain(view: &ApiView, body: &[u8]) -> Reply {
+    let b: DrainBody = if body.trim_ascii().is_empty() {
+        DrainBody::default()
+    } else if body.trim_ascii_start().first() != Some(&b'{') {
+        return Reply::error(400, "the drain body must be a JSON object");
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return Reply::error(400, &format!("malformed drain body: {e}")),
+        }
+    };
+    let mut plan = view.engine.drain_plan();
+    plan.batch = b.batch.unwrap_or(plan.batch);
+    plan.interval = b.interval_ms.map_or(plan.interval, Duration::from_millis);
+    plan.code = b.code.unwrap_or(plan.code);
+    if let Err(why) = plan.check_code() {
+        return Reply::error(400, &format!("code {}: {why}", plan.code));
+    }
+    if !view.engine.drain(plan) {
+        return Reply::error(409, "already draining");
+    }
+    let body = json!({
+        "draining": true,
+        "batch": plan.batch,
+        "interval_ms": plan.interval.as_millis() as u64,
+        "code": plan.code,
+        "timeout_ms": plan.timeout.as_millis() as u64,
+    });
+    Reply::json(202, &body)
+}
+
+/// The body of `POST /drain`; unknown fields are refused, so a misspelt `"bach"` is a 400
+/// rather than a drain at another pace than asked.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    batch: Option<usize>,
+    interval_ms: Option<u64>,
+    code: Option<u16>,
 }
 
 /// The reply for a request the engine refused.
@@ -516,5 +568,42 @@ mod tests {
         }));
         assert_eq!(presence(&view, "a").status, 409);
         assert_eq!(direct(&view, br#"{"user":"bob","data":1}"#).status, 409);
+    }
+
+    #[test]
+    fn drain_starts_once_with_the_body_over_the_configured_plan() {
+        let engine = Arc::new(FakeEngine::default());
+        let view = view_with(&engine);
+        for bad in [
+            &br#"[1]"#[..],
+            br#"{"bach":5}"#,
+            br#"{"batch":-1}"#,
+            b"{",
+            br#"{"code":1000}"#,
+        ] {
+            let r = drain(&view, bad);
+            assert_eq!(r.status, 400, "{}: {r:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(drain(&view, br#"{"code":1000}"#).body.contains("1012"));
+        assert!(
+            engine.drained.lock().unwrap().is_none(),
+            "a bad body started a drain"
+        );
+        let r = drain(&view, br#"{"batch":50,"code":1012}"#);
+        assert_eq!(r.status, 202, "{r:?}");
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let defaults = crate::config::Config::default();
+        assert_eq!(
+            v,
+            json!({"draining": true, "batch": 50, "interval_ms": 100, "code": 1012,
+                   "timeout_ms": defaults.drain_timeout.as_millis() as u64})
+        );
+        let started = engine.drained.lock().unwrap().unwrap();
+        assert_eq!((started.batch, started.code), (50, 1012));
+        assert_eq!(started.interval, defaults.drain_interval);
+        // There is one drain: a second request, even an empty one, is refused.
+        let r = drain(&view, b"");
+        assert_eq!(r.status, 409, "{r:?}");
+        assert!(r.body.contains("already draining"));
     }
 }

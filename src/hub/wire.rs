@@ -32,9 +32,9 @@ use crate::proto::CloseCode;
 
 mod write;
 pub use write::{
-    decimal_len, delivery_frame, delivery_frame_raw, direct_frame, presence_event_frame, push_u64,
-    reply_delivered, reply_error, reply_ok, reply_presence, reply_published, reply_subscribed,
-    reset_frame, write_command, PresenceEvent,
+    decimal_len, delivery_frame, delivery_frame_raw, direct_frame, drain_message, drain_reason,
+    presence_event_frame, push_u64, reply_delivered, reply_error, reply_ok, reply_presence,
+    reply_published, reply_subscribed, reset_frame, write_command, PresenceEvent,
 };
 
 /// The longest channel name, in bytes. Long enough for `org/project:room@region` style names,

@@ -7,7 +7,8 @@
 //!    write them right after that connection's reads (one `writev`), so the peer works on
 //!    them while we read the next socket; writable connections are only marked dirty;
 //! 4. **inbox**: commands from other threads (broadcasts, drain), after clearing the wake flag;
-//! 5. **timers**: handshake, heartbeat, pong, close deadlines that are due;
+//! 5. **timers**: handshake, heartbeat, pong, close deadlines that are due, then the drain's
+//!    next step of closes when it is due (`drain.rs`);
 //! 6. **flush**: hub deliveries of the pass go to each channel's subscribers; the pass's
 //!    broadcast frames join the broadcast stream and the sweep writes the next blocks of
 //!    connections that are behind (`sweep.rs`: one `write` per connection of everything it
@@ -20,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,10 +33,11 @@ use slab::Slab;
 
 use crate::config::{App, Config, SlowPolicy};
 use crate::metrics::{CloseReason, Counters, Published};
-use crate::proto::{CloseCode, Decoder, Role};
+use crate::proto::{Decoder, Role};
 use crate::timer::TimerWheel;
 
 use super::conn::{self, flags, Conn, Phase};
+use super::drain::Drain;
 use super::listener::{self, Accepted};
 use super::send_queue::{BufPool, SendStatus};
 use super::{Command, Handle, LISTENER, WAKER};
@@ -57,7 +59,6 @@ pub(super) struct Millis {
     pub pong: u32,
     pub idle: u32,
     pub close: u32,
-    pub drain: u64,
     pub keepalive: u32,
 }
 
@@ -67,7 +68,7 @@ pub(crate) struct Shard {
     pub(super) cfg: Arc<Config>,
     pub(super) ms: Millis,
     poll: Poll,
-    listener: Option<TcpListener>,
+    pub(super) listener: Option<TcpListener>,
     pub(super) conns: Slab<Conn>,
     pub(super) wheel: TimerWheel,
     /// The shard's one read buffer.
@@ -91,6 +92,9 @@ pub(crate) struct Shard {
     inbox: Receiver<Command>,
     notified: Arc<AtomicBool>,
     peers: Vec<Handle>,
+    /// Shards whose drain is not over yet (shared by all): an empty shard keeps serving its
+    /// channels' ownership to the others until every shard is done.
+    pub(super) busy: Arc<AtomicUsize>,
     generation: u32,
     pub(super) counters: Counters,
     published: Published,
@@ -98,7 +102,8 @@ pub(crate) struct Shard {
     /// Milliseconds since `start`, read once per pass.
     pub(super) now: u64,
     accept_paused_until: Option<u64>,
-    drain_deadline: Option<u64>,
+    /// The drain under way, if any (`drain.rs`).
+    pub(super) drain: Option<Drain>,
     next_publish: u64,
     pub(super) fired: Vec<usize>,
     /// Channel-protocol state (`--app hub`).
@@ -125,6 +130,7 @@ impl Shard {
         inbox: Receiver<Command>,
         notified: Arc<AtomicBool>,
         peers: Vec<Handle>,
+        busy: Arc<AtomicUsize>,
         published: Published,
     ) -> io::Result<Shard> {
         poll.registry()
@@ -136,7 +142,6 @@ impl Shard {
             pong: ms32(cfg.pong_timeout),
             idle: ms32(cfg.idle_timeout),
             close: ms32(cfg.close_timeout),
-            drain: cfg.drain_timeout.as_millis() as u64,
             keepalive: ms32(cfg.sse_keepalive),
         };
         let admission = super::admission::Admission::new(&cfg);
@@ -161,13 +166,14 @@ impl Shard {
             inbox,
             notified,
             peers,
+            busy,
             generation: 0,
             counters: Counters::default(),
             published,
             start: Instant::now(),
             now: 0,
             accept_paused_until: None,
-            drain_deadline: None,
+            drain: None,
             next_publish: PUBLISH_EVERY_MS,
             fired: Vec::new(),
             hub: Default::default(),
@@ -251,7 +257,7 @@ impl Shard {
                         self.batch.push(frames);
                         self.batch_msgs += count as u64;
                     }
-                    Command::Drain => self.start_drain(),
+                    Command::Drain(plan) => self.start_drain(plan),
                     Command::Shutdown => exit = true,
                     Command::Hub(c) => self.hub_command(c),
                     Command::Disconnect { user, reply } => {
@@ -265,6 +271,7 @@ impl Shard {
             // 5. Timers.
             self.expire_timers();
             self.expire_tokens();
+            self.drain_step();
 
             // 6. Flush.
             self.hub_flush_all();
@@ -277,7 +284,7 @@ impl Shard {
                 self.hub_gauges();
                 self.published.store(&self.counters);
             }
-            if exit || self.drain_finished() {
+            if exit || self.drain_over() {
                 break;
             }
         }
@@ -300,7 +307,7 @@ impl Shard {
         if let Some(t) = self.accept_paused_until {
             next = next.min(t);
         }
-        if let Some(t) = self.drain_deadline {
+        if let Some(t) = self.drain.as_ref().map(Drain::next_wake) {
             next = next.min(t);
         }
         next = next.min(self.next_publish);
@@ -326,7 +333,7 @@ impl Shard {
     fn accept_all(&mut self) {
         let max = self.cfg.max_connections_per_shard;
         loop {
-            if self.drain_deadline.is_some() {
+            if self.drain.is_some() {
                 return;
             }
             if max != 0 && self.conns.len() >= max {
@@ -425,39 +432,6 @@ impl Shard {
         }
         self.batch.push(frames);
         self.batch_msgs += count as u64;
-    }
-
-    fn start_drain(&mut self) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
-        self.drain_deadline = Some(self.now + self.ms.drain);
-        // Broadcasts and deliveries already committed go out before the close frames.
-        self.sweep_finish();
-        self.hub_finish_all();
-        // Stop accepting: closing our listener takes us out of the SO_REUSEPORT group.
-        self.listener = None;
-        let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
-        tracing::info!(shard = self.id, connections = idxs.len(), "draining");
-        for idx in idxs {
-            match self.conns[idx].phase {
-                Phase::Handshaking => self.remove(idx, CloseReason::Drain),
-                Phase::Open | Phase::Stream => self.start_close(
-                    idx,
-                    CloseCode::GOING_AWAY,
-                    "server shutting down",
-                    CloseReason::Drain,
-                ),
-                _ => {}
-            }
-        }
-    }
-
-    fn drain_finished(&self) -> bool {
-        match self.drain_deadline {
-            Some(t) => self.conns.is_empty() || self.now >= t,
-            None => false,
-        }
     }
 
     /// Closes the connections a delivery found broken or too slow.

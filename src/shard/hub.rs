@@ -119,6 +119,10 @@ pub enum HubCmd {
         channel: Arc<str>,
         /// The `reset` notice, shared.
         frame: Bytes,
+        /// The new epoch, and the seq deliveries continue after.
+        epoch: u32,
+        /// See `epoch`.
+        seq: u64,
     },
     /// From the bus thread to the publisher's shard: the publish was dropped (Redis away and
     /// the outbox full).
@@ -166,7 +170,7 @@ pub(super) struct HubState {
     /// Local subscribers per channel: live ones and ones waiting for the owner's answer.
     pub(super) local: HashMap<Arc<str>, Local>,
     /// Channels of each local connection, by slab index.
-    by_conn: Vec<Subs>,
+    pub(super) by_conn: Vec<Subs>,
     /// Commands this shard sends to itself (it owns the channel), in FIFO order.
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
@@ -185,6 +189,8 @@ pub(super) struct HubState {
     pub(super) presence: super::hub_presence::PresenceState,
     /// Local connections by user id, and direct messages waiting for their tallies.
     pub(super) users: super::hub_users::UserIndex,
+    /// What subscribers refused deliveries were not given (`hub_position.rs`).
+    pub(super) gaps: super::hub_position::Gaps,
 }
 
 /// One channel's deliveries of a pass, and the conflation keys of those that have one.
@@ -460,6 +466,7 @@ impl Shard {
     fn drop_local(&mut self, idx: usize, gen: u32, channel: &Arc<str>) {
         self.flush_channel(channel);
         self.unhold(idx, channel);
+        self.hub.gaps.forget(idx as u32, channel);
         self.presence_leave(idx, gen, channel);
         let Some(l) = self.hub.local.get_mut(channel) else {
             return;
@@ -564,7 +571,15 @@ impl Shard {
             HubCmd::Presence(cmd) => self.presence_command(cmd),
             HubCmd::User(cmd) => self.user_command(cmd),
             HubCmd::Bus(ev) => self.relay_event(ev),
-            HubCmd::Reset { channel, frame } => self.reset_local(&channel, frame),
+            HubCmd::Reset {
+                channel,
+                frame,
+                epoch,
+                seq,
+            } => {
+                self.reset_local(&channel, frame);
+                self.reposition(&channel, epoch, seq);
+            }
             HubCmd::PublishFailed { to, id } => {
                 if self.is_current(to) {
                     self.hub_error(to.idx as usize, id, ErrorCode::Unavailable);
@@ -608,6 +623,8 @@ impl Shard {
         };
         l.pending.swap_remove(pos);
         l.live.push(key);
+        // Every live subscriber here now stands at the answer's seq (`hub_position.rs`).
+        (l.epoch, l.seq) = (epoch, seq);
         let policy = l.policy;
         let idx = to.idx as usize;
         if self

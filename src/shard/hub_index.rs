@@ -62,6 +62,15 @@ impl Subs {
         }
     }
 
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            Subs::None => (None, &[][..]),
+            Subs::One(c) => (Some(c), &[][..]),
+            Subs::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many)
+    }
+
     pub(super) fn take_all(&mut self) -> Vec<Arc<str>> {
         match std::mem::take(self) {
             Subs::None => Vec::new(),
@@ -82,6 +91,12 @@ pub(super) struct Local {
     pub(super) sweep: super::sweep::Sweep,
     /// What this channel does with subscribers over their bound (resolved once, here).
     pub(super) policy: SlowPolicy,
+    /// The channel's epoch, from the owner's last subscribe answer (it cannot change while
+    /// this shard has subscribers: the owner keeps the channel).
+    pub(super) epoch: u32,
+    /// The `seq` every live subscriber has been given up to once the sweep is complete: the
+    /// last delivery committed, or the last subscribe answer's (`hub_position.rs`).
+    pub(super) seq: u64,
 }
 
 impl Local {

@@ -288,7 +288,13 @@ impl Shard {
             if interested & (1u64 << shard) != 0 {
                 let channel = Arc::clone(channel);
                 let frame = frame.clone();
-                self.hub_send(shard, HubCmd::Reset { channel, frame });
+                let reset = HubCmd::Reset {
+                    channel,
+                    frame,
+                    epoch,
+                    seq: base,
+                };
+                self.hub_send(shard, reset);
             }
         }
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::SlowPolicy;
+use crate::hub::sse::delivery_seq;
 
 use super::conn::{flags, Phase};
 use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
@@ -59,15 +60,6 @@ impl Shard {
         self.hub_sweep(CONNS_PER_PASS);
     }
 
-    /// Completes every channel's revolution (before drain's close frames).
-    pub(super) fn hub_finish_all(&mut self) {
-        let held: Vec<Arc<str>> = self.hub.batch.keys().cloned().collect();
-        for ch in held {
-            self.commit_channel(&ch);
-        }
-        self.hub_sweep(usize::MAX);
-    }
-
     /// Brings a channel's subscribers up to date now: called before its subscriber set
     /// changes.
     pub(super) fn flush_channel(&mut self, channel: &Arc<str>) {
@@ -87,6 +79,10 @@ impl Shard {
         };
         if l.live.is_empty() {
             return;
+        }
+        // Where every live subscriber stands once these are written (`hub_position.rs`).
+        if let Some(seq) = frames.last().and_then(|f| delivery_seq(f)) {
+            l.seq = seq;
         }
         if l.policy == SlowPolicy::Conflate {
             return self.deliver_direct(channel, frames, &keys);

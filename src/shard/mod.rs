@@ -12,10 +12,12 @@
 
 mod admission;
 mod conn;
+mod drain;
 mod event_loop;
 mod hub;
 mod hub_index;
 mod hub_owner;
+mod hub_position;
 mod hub_presence;
 mod hub_relay;
 mod hub_sweep;
@@ -36,7 +38,7 @@ pub use lifecycle::DISCONNECTED;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -44,7 +46,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Token, Waker};
 
-use crate::config::Config;
+use crate::config::{Config, DrainPlan};
 use crate::metrics::{self, Counters, Published};
 
 /// Token of the shard's listener.
@@ -63,9 +65,10 @@ pub enum Command {
         /// Messages inside `frames`.
         count: u32,
     },
-    /// Stop accepting, send close 1001 to every connection, exit when all are gone or the
-    /// drain timeout passes.
-    Drain,
+    /// Stop accepting, close every connection at the plan's pace with its code (hub
+    /// connections get their resume positions first), exit when every shard's connections
+    /// are gone or the plan's timeout passes (`drain.rs`).
+    Drain(DrainPlan),
     /// Exit now, dropping every connection.
     Shutdown,
     /// Channel-protocol traffic between shards (`--app hub`).
@@ -167,6 +170,8 @@ pub struct Server {
     app: crate::config::App,
     /// The Redis bus and its thread, when configured.
     bus: Option<(crate::bus::BusHandle, JoinHandle<()>)>,
+    /// The configured drain, for signals and for what `POST /drain` does not override.
+    plan: DrainPlan,
 }
 
 /// Pieces of one shard created on the starting thread and moved into its own.
@@ -206,6 +211,7 @@ impl Server {
         let stats: Vec<Published> = (0..n).map(|_| Published::default()).collect();
         let bus = (!config.bus.is_local())
             .then(|| crate::bus::channel(config.bus.node_id(), config.bus.node_ttl / 3));
+        let busy = Arc::new(AtomicUsize::new(n));
         let mut threads = Vec::with_capacity(n);
         for (id, p) in parts.into_iter().enumerate() {
             let mut shard = event_loop::Shard::new(
@@ -216,6 +222,7 @@ impl Server {
                 p.inbox,
                 handles[id].notified.clone(),
                 handles.iter().filter(|h| h.id != id).cloned().collect(),
+                Arc::clone(&busy),
                 stats[id].clone(),
             )?;
             shard.bus = bus.as_ref().map(|(h, _)| h.clone());
@@ -258,6 +265,7 @@ impl Server {
             local_addr: addr,
             draining: Arc::new(AtomicBool::new(false)),
             app: config.app,
+            plan: config.drain_plan(),
         })
     }
 
@@ -271,12 +279,32 @@ impl Server {
         &self.handles
     }
 
-    /// Starts a graceful drain on every shard.
+    /// Starts a graceful drain on every shard, as configured (nothing if one has started).
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        for h in &self.handles {
-            h.send(Command::Drain);
+        self.drain_with(self.plan);
+    }
+
+    /// Starts a graceful drain on every shard with `plan` (its code must be one of
+    /// [`crate::config::DRAIN_CODES`]). False if a drain had already started: there is only
+    /// one.
+    pub fn drain_with(&self, plan: DrainPlan) -> bool {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return false;
         }
+        for h in &self.handles {
+            h.send(Command::Drain(plan));
+        }
+        true
+    }
+
+    /// The drain the configuration asks for.
+    pub fn drain_plan(&self) -> DrainPlan {
+        self.plan
+    }
+
+    /// True once a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Stops every shard now.

@@ -40,6 +40,7 @@ impl Shard {
         keys: &[(usize, Arc<str>)],
         over: Vec<usize>,
     ) {
+        self.note_missed(channel, frames, &over);
         if policy != SlowPolicy::Conflate {
             self.counters.deliveries_dropped += msgs * over.len() as u64;
             return;
@@ -115,7 +116,10 @@ impl Shard {
                 };
                 let frame = match c.phase {
                     Phase::Stream => self.sse.events(&channel, &frame),
-                    _ => frame,
+                    _ => {
+                        self.hub.gaps.released(idx, &channel, &frame);
+                        frame
+                    }
                 };
                 self.counters.messages_out += 1;
                 c.queue.push_shared(frame, usize::MAX);

@@ -24,6 +24,9 @@ const FLAGS: &[&str] = &[
     "--idle-timeout",
     "--close-timeout",
     "--drain-timeout",
+    "--drain-batch",
+    "--drain-interval",
+    "--drain-code",
     "--read-buffer-size",
     "--max-connections-per-shard",
     "--stats-interval",
@@ -38,6 +41,15 @@ fn serve_help_mentions_every_flag() {
     assert!(status.success(), "{out}");
     let missing: Vec<&&str> = FLAGS.iter().filter(|f| !out.contains(**f)).collect();
     assert!(missing.is_empty(), "missing {missing:?} in:\n{out}");
+}
+
+#[test]
+fn drain_help_mentions_every_flag() {
+    let (status, out) = run(&["drain", "--help"]);
+    assert!(status.success(), "{out}");
+    for flag in ["--api", "--api-key", "--batch", "--interval", "--code"] {
+        assert!(out.contains(flag), "missing {flag} in:\n{out}");
+    }
 }
 
 #[test]
@@ -61,6 +73,10 @@ fn bad_flag_values_exit_2_with_a_message() {
         ),
         (&["serve", "--channel-policy", "log.*"], "--channel-policy"),
         (&["serve", "--sse-keepalive", "0s"], "sse_keepalive"),
+        // A drain closes with "going away" or "service restart", nothing else.
+        (&["serve", "--drain-code", "1000"], "drain_code"),
+        (&["serve", "--drain-interval", "soon"], "--drain-interval"),
+        (&["drain", "--interval", "soon"], "--interval"),
     ];
     for (args, mention) in cases {
         let (status, out) = run(args);
@@ -89,6 +105,7 @@ fn bad_config_files_exit_2_with_a_message() {
             "channel_policy = [\"a b=drop\"]\n",
             "channel_policy",
         ),
+        ("bad drain code", "drain_code = 1011\n", "drain_code"),
     ];
     for (name, text, mention) in cases {
         let path = temp_path("bad.toml");

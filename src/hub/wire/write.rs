@@ -211,6 +211,58 @@ pub fn reply_error(out: &mut Vec<u8>, id: Option<u64>, code: ErrorCode, message:
     out.extend_from_slice(b"}}");
 }
 
+/// Appends the last message a drained connection gets, before its close frame:
+/// `{"type":"drain","positions":[{"channel":..,"epoch":"9f2c01ab","seq":41},...]}`, one entry
+/// per `(channel, epoch, seq)` given, in that order (docs/PROTOCOL.md, "Drain").
+pub fn drain_message<'c>(
+    out: &mut Vec<u8>,
+    positions: impl IntoIterator<Item = (&'c str, u32, u64)>,
+) {
+    out.extend_from_slice(b"{\"type\":\"drain\",\"positions\":[");
+    for (i, (channel, epoch, seq)) in positions.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"channel\":");
+        push_json_str(out, channel);
+        out.extend_from_slice(b",\"epoch\":\"");
+        push_epoch(out, epoch);
+        out.extend_from_slice(b"\",\"seq\":");
+        push_u64(out, seq);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// The longest close reason: a control frame carries 125 bytes, two of them the code.
+const MAX_REASON: usize = crate::proto::MAX_CONTROL_PAYLOAD - 2;
+
+/// The drain positions in the compact form a close reason can carry:
+/// `resume news@9f2c01ab:41 chat:room/7@0000beef:3`, space-separated `<channel>@<epoch>:<seq>`
+/// (read from the right: a channel name may hold `@` and `:`, an epoch and a seq cannot).
+/// `None` when there is no position or the whole would not fit 123 bytes: a
+/// client must never read a truncated list as the complete one.
+pub fn drain_reason<'c>(
+    positions: impl IntoIterator<Item = (&'c str, u32, u64)>,
+) -> Option<String> {
+    let mut out = b"resume".to_vec();
+    for (channel, epoch, seq) in positions {
+        out.push(b' ');
+        out.extend_from_slice(channel.as_bytes());
+        out.push(b'@');
+        push_epoch(&mut out, epoch);
+        out.push(b':');
+        push_u64(&mut out, seq);
+        if out.len() > MAX_REASON {
+            return None;
+        }
+    }
+    if out.len() == b"resume".len() {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Appends a command as a client sends it (the load generator's side of the protocol). Strings
 /// are escaped, so any command round-trips through [`parse`](super::parse) when its channel is
 /// valid.
@@ -371,6 +423,32 @@ mod tests {
         for (bytes, expect) in cases {
             assert_eq!(value(&bytes), expect, "{}", String::from_utf8_lossy(&bytes));
         }
+    }
+
+    #[test]
+    fn drain_message_lists_every_position_and_the_reason_only_what_fits() {
+        let positions = [("news", 0x9f2c_01ab, 41), ("chat:room/42@eu", 0xbeef, 7)];
+        let v = value(&build(|o| drain_message(o, positions)));
+        assert_eq!(
+            v,
+            json!({"type": "drain", "positions": [
+                {"channel": "news", "epoch": "9f2c01ab", "seq": 41},
+                {"channel": "chat:room/42@eu", "epoch": "0000beef", "seq": 7},
+            ]})
+        );
+        let empty = value(&build(|o| drain_message(o, [])));
+        assert_eq!(empty, json!({"type": "drain", "positions": []}));
+        assert_eq!(
+            drain_reason(positions).as_deref(),
+            Some("resume news@9f2c01ab:41 chat:room/42@eu@0000beef:7")
+        );
+        assert_eq!(drain_reason([]), None);
+        // Exactly at the limit fits; one byte more does not, and nothing partial is given.
+        let long = "c".repeat(MAX_REASON - "resume @00000001:9".len());
+        let at_limit = drain_reason([(long.as_str(), 1, 9)]).unwrap();
+        assert_eq!(at_limit.len(), MAX_REASON);
+        assert_eq!(drain_reason([(long.as_str(), 1, 10)]), None);
+        assert_eq!(drain_reason([("a", 1, 1), (long.as_str(), 1, 10)]), None);
     }
 
     #[test]
