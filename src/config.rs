@@ -568,7 +568,7 @@ pub struct ServeArgs {
     /// e.g. redis://127.0.0.1:6379 (docs/CLUSTER.md) [default: local].
     #[arg(long, value_name = "URL")]
     pub bus: Option<String>,
-    /// This node's id in the cluster (A-Z a-z 0-9 . _ -) [default: <hostname>-<pid>].
+    /// This node's id in the cluster (A-Z a-z 0-9 . _ -) [default: HOSTNAME-PID].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
     /// A node silent for this long is gone, with its presence members [default: 10s].

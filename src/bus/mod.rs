@@ -13,7 +13,7 @@
 //! **Threads.** The Redis side is one thread ([`start`]) running a single-threaded tokio
 //! runtime with two Redis connections (commands, pub/sub). Shards talk to it through
 //! [`BusHandle::send`] (an unbounded tokio channel: never blocks, never waits) and it answers
-//! through the shards' own [`Handle`]s (crossbeam + `mio::Waker`). Nothing on a shard waits
+//! through the shards' own [`Handle`](crate::shard::Handle)s (crossbeam + `mio::Waker`). Nothing on a shard waits
 //! for Redis. The thread drains the channel continuously, also while Redis is away, into its
 //! own bounded structures: the publish *outbox* (`--bus-outbox`, oldest dropped and counted,
 //! its publisher told) and the requests waiting for a connection.
