@@ -46,7 +46,7 @@ const PUBLISH_LUA: &str = include_str!("publish.lua");
 const FETCH_LUA: &str = include_str!("fetch.lua");
 /// Connect and reply timeout for every Redis call: a call that takes longer means Redis is
 /// gone for practical purposes.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Publishes per pipeline.
 const BATCH: usize = 256;
 /// How long a direct message waits for other nodes' counts before answering with what it has.
