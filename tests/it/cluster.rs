@@ -610,3 +610,102 @@ fn cluster_node_started_before_its_redis_serves_then_becomes_ready() {
     let d = recv(&mut ws);
     assert_eq!(d, json!({"ch": "late", "seq": seq, "data": "hello"}));
 }
+
+/// Reads `ws` until the node's drain message, checking the deliveries before it are `ch`'s
+/// seqs `after + 1 ..`; returns (the drain's position for `ch`, the close code that follows).
+fn until_drained(ws: &mut Ws, who: &str, ch: &str, mut after: u64) -> ((String, u64), u16) {
+    let position = loop {
+        let m = recv(ws);
+        if m["type"] == "drain" {
+            let p = m["positions"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["channel"] == ch))
+                .unwrap_or_else(|| panic!("{who}: no position for {ch}: {m}"));
+            break (
+                p["epoch"].as_str().unwrap().to_owned(),
+                p["seq"].as_u64().unwrap(),
+            );
+        }
+        assert_eq!(m["seq"], after + 1, "{who}: gap or duplicate at {m}");
+        after += 1;
+    };
+    assert_eq!(
+        position.1, after,
+        "{who}: the position is the last delivery received"
+    );
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (position, u16::from(f.code)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("{who}: expected the close after the drain message, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn cluster_paced_drain_sends_positions_that_resume_on_another_node_without_gap() {
+    let redis = Redis::start();
+    let pace = [
+        "--drain-batch",
+        "4",
+        "--drain-interval",
+        "100ms",
+        "--drain-code",
+        "1012",
+    ];
+    let a = Node::start(&redis.url(), "a", &pace);
+    let b = Node::start(&redis.url(), "b", &[]);
+    a.wait_readyz(200);
+    b.wait_readyz(200);
+    let mut subs: Vec<Ws> = (0..12).map(|_| connect(a.addr())).collect();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let (r, _) = subscribe(s, i as u64, "deploy", None);
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    for n in 1..=5u64 {
+        assert_eq!(b.publish("deploy", &json!(n)), n);
+    }
+    // Publishing goes on (on b) through the whole drain of a.
+    let api = b.api;
+    let total = 60u64;
+    let publisher = std::thread::spawn(move || {
+        let key = format!("Bearer {}", crate::util::node::API_KEY);
+        for n in 6..=total {
+            let body = json!({"channel": "deploy", "data": n}).to_string();
+            let auth = [("Authorization", key.as_str())];
+            let r = crate::util::http::request_with_body(
+                api,
+                "POST",
+                "/publish",
+                &auth,
+                body.as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{r:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let r = a.post("/drain", &json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let mut seen = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber {i} on a");
+        let ((epoch, seq), code) = until_drained(s, &who, "deploy", 0);
+        assert_eq!(code, 1012, "{who}");
+        seen.push(seq);
+        // It reconnects to b and resumes from the position it was given.
+        let mut again = connect(b.addr());
+        let (r, _) = subscribe(&mut again, 1, "deploy", Some((&epoch, seq)));
+        assert_eq!(r["recovered"], true, "{who}: {r}");
+        *s = again;
+    }
+    publisher.join().unwrap();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber {i} on b");
+        let from = seen[i];
+        let got = deliveries(s, &who, "deploy", from, total - from);
+        let want: Vec<Value> = (from + 1..=total).map(|n| json!(n)).collect();
+        assert_eq!(got, want, "{who}: replayed then live, every message once");
+    }
+    // Batches of 4 every 100 ms: not everyone was closed at the same position.
+    assert!(seen.iter().min() < seen.iter().max(), "positions {seen:?}");
+}
