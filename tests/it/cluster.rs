@@ -709,3 +709,44 @@ fn cluster_paced_drain_sends_positions_that_resume_on_another_node_without_gap()
     // Batches of 4 every 100 ms: not everyone was closed at the same position.
     assert!(seen.iter().min() < seen.iter().max(), "positions {seen:?}");
 }
+
+#[test]
+fn cluster_outbox_is_bounded_drops_the_oldest_visibly_and_sends_the_rest_when_redis_is_back() {
+    let port = free_port();
+    let node = Node::start(
+        &format!("redis://127.0.0.1:{port}"),
+        "cut-off",
+        &["--bus-outbox", "3"],
+    );
+    let mut ws = connect(node.addr());
+    for id in 1..=5u64 {
+        send(
+            &mut ws,
+            json!({"op": "publish", "id": id, "channel": "queued", "data": id}),
+        );
+    }
+    // The two oldest no longer fit: their publishers are told at once, with nothing published.
+    for id in 1..=2u64 {
+        let (r, _) = reply(&mut ws, id);
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    }
+    let dropped = || {
+        let m = node.get("/metrics").body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("starling_bus_outbox_dropped_total "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(dropped().as_deref(), Some("2"));
+    let _redis = Redis::start_on(port);
+    node.wait_readyz(200);
+    // The rest go out in order once Redis is there.
+    for (id, seq) in (3..=5u64).zip(1..) {
+        let (r, _) = reply(&mut ws, id);
+        assert_eq!(
+            (r["ok"].clone(), r["seq"].clone()),
+            (json!(true), json!(seq)),
+            "{r}"
+        );
+    }
+}
