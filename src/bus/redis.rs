@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Value};
 
@@ -271,6 +271,17 @@ impl Worker {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
+            // Everything pub/sub has already delivered goes to the shards before the next
+            // round trip: one round trip per batch, not per message.
+            loop {
+                match link.stream.next().now_or_never() {
+                    Some(Some(msg)) => {
+                        self.on_message(msg.get_channel_name(), msg.get_payload_bytes())
+                    }
+                    Some(None) => return Err(closed("pub/sub connection closed")),
+                    None => break,
+                }
+            }
             self.work(&mut link).await?;
             tokio::select! {
                 biased;
