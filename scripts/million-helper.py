@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""The parts of scripts/million.sh that read JSON or many endpoints at once. Every call is
+bounded (HTTP timeouts, no retries) and read-only except `publish`.
+
+    million-helper.py stats OUT.json API_PORT...    GET /stats of every engine (in parallel);
+                                                    prints "<open> <subscriptions> <answered>"
+    million-helper.py publish OUT.json CHANNEL API_PORT...
+                                                    reads CLOCK_MONOTONIC, then POST /publish
+                                                    {"channel", "data": {"t": <ns>}} to each
+                                                    port in turn (normally one: the bus does the
+                                                    rest); prints "<t_ns> <ok>"
+    million-helper.py snapshot OUT.json ENGINE_PIDS LOADGEN_PIDS REDIS_PID
+                                                    /proc/meminfo, /proc/net/sockstat, the
+                                                    socket slab caches, RSS of each group
+                                                    (PIDS comma-separated, may be empty)
+    million-helper.py checkrows CHECK.json SCOPE    rows of `sysctl/check --json` that are LOW
+                                                    or UNKNOWN, one per line (SCOPE: process =
+                                                    only the hard open-file limit; system =
+                                                    every row but the per-process ones)
+    million-helper.py summary RUN_DIR OUT.json      the final block (stdout) and its JSON
+"""
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+import urllib.request
+
+HTTP_TIMEOUT_S = 3
+# Slab caches one idle socket holds an object of each (as sysctl/lib.sh counts them).
+SOCKET_CACHES = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as r:
+        return json.load(r)
+
+
+def cmd_stats(out, ports):
+    def one(port):
+        try:
+            s = get_json(f"http://127.0.0.1:{port}/stats")
+            t = s["total"]
+            return {"api_port": int(port), "ok": True, "open": t["open"],
+                    "subscriptions": t["hub_subscriptions"], "accepted": t["accepted"],
+                    "upgraded": t["upgraded"], "accept_emfile": t["accept_emfile"],
+                    "rss_bytes": s.get("rss_bytes"), "open_files_limit": s.get("open_files_limit")}
+        except (OSError, ValueError, KeyError) as e:
+            return {"api_port": int(port), "ok": False, "error": str(e)}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        engines = list(pool.map(one, ports))
+    good = [e for e in engines if e["ok"]]
+    doc = {"engines": engines, "open": sum(e["open"] for e in good),
+           "subscriptions": sum(e["subscriptions"] for e in good), "answered": len(good)}
+    write(out, doc)
+    print(doc["open"], doc["subscriptions"], doc["answered"])
+
+
+def cmd_publish(out, channel, ports):
+    t = time.monotonic_ns()  # the loadgen's clock (CLOCK_MONOTONIC): latency runs from here
+    body = json.dumps({"channel": channel, "data": {"t": t, "from": "scripts/million.sh"}})
+    results = []
+    for port in ports:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/publish", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as r:
+                results.append({"api_port": int(port), "status": r.status, "reply": json.load(r)})
+        except (OSError, ValueError) as e:
+            results.append({"api_port": int(port), "error": str(e)})
+    done = time.monotonic_ns()
+    ok = all(r.get("status") == 200 and r["reply"].get("ok") for r in results)
+    write(out, {"t_ns": t, "returned_ns": done, "ok": ok, "results": results})
+    print(t, "ok" if ok else "failed")
+
+
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def sockstat():
+    out = {}
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            proto, rest = line.split(":", 1)
+            fields = rest.split()
+            out[proto] = {fields[i]: int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+    return out
+
+
+def slab_caches():
+    try:
+        with open("/proc/slabinfo") as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return None
+    out = {}
+    for line in lines:
+        fields = line.split()
+        if fields[0] in SOCKET_CACHES:
+            out[fields[0]] = int(fields[1]) * int(fields[3])  # active objects x object size
+    return out
+
+
+def rss(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass  # gone: it holds nothing any more
+    return total
+
+
+def pid_list(s):
+    return [p for p in s.split(",") if p]
+
+
+def cmd_snapshot(out, engines, loadgens, redis):
+    write(out, {"at_unix_s": time.time(), "meminfo": meminfo(), "sockstat": sockstat(),
+                "socket_slab_bytes": slab_caches(),
+                "rss": {"engines": rss(pid_list(engines)), "loadgens": rss(pid_list(loadgens)),
+                        "redis": rss(pid_list(redis))}})
+
+
+def cmd_checkrows(path, scope):
+    with open(path) as f:
+        doc = json.load(f)
+    per_process = ("nofile", "CAP_SYS_RESOURCE", "systemd")
+    for row in doc["limits"]:
+        if row["status"] not in ("LOW", "UNKNOWN"):
+            continue
+        mine = row["name"].startswith(per_process)
+        if (scope == "process" and row["name"].startswith("nofile.hard")) or \
+                (scope == "system" and not mine):
+            print(f'{row["name"]}: {row["current"]} (needed {row["needed"]}); fix: {row["fix"]}')
+
+
+def write(path, doc):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def gib(b):
+    return f"{b / 2**30:.2f} GiB"
+
+
+def mib(b):
+    return f"{b / 2**20:.0f} MiB"
+
+
+def ms(us):
+    return "n/a" if us is None else f"{us / 1000:.1f} ms"
+
+
+def cmd_summary(run, out):
+    p = load(os.path.join(run, "params.json"), {})
+    before = load(os.path.join(run, "before.json"), {})
+    held = load(os.path.join(run, "held.json"), {})
+    stats = load(os.path.join(run, "held-stats.json"), {"engines": []})
+    pub = load(os.path.join(run, "publish.json"))
+    lg = load(os.path.join(run, "loadgen.json"))
+    peak = load(os.path.join(run, "peaks.json"), {})
+    n = p.get("target", 0)
+    held_open = stats.get("open", 0)
+    held_subs = stats.get("subscriptions", 0)
+    per_engine = [{"node": f"million-{i}", "api_port": e["api_port"], "open": e.get("open"),
+                   "subscriptions": e.get("subscriptions"), "rss_bytes": e.get("rss_bytes")}
+                  for i, e in enumerate(stats["engines"])]
+    opens = [e["open"] for e in per_engine if e["open"] is not None]
+
+    def delta(key):
+        a, b = before.get("meminfo", {}).get(key), held.get("meminfo", {}).get(key)
+        return None if a is None or b is None else b - a
+
+    tcp_before = before.get("sockstat", {}).get("TCP", {})
+    tcp_held = held.get("sockstat", {}).get("TCP", {})
+    sockets_before = before.get("sockstat", {}).get("sockets", {}).get("used")
+    sockets_held = held.get("sockstat", {}).get("sockets", {}).get("used")
+    slab_delta = delta("Slab")
+    caches_b, caches_h = before.get("socket_slab_bytes"), held.get("socket_slab_bytes")
+    socket_slab_delta = (sum(caches_h.values()) - sum(caches_b.values())
+                         if caches_b and caches_h else None)
+    conns = max(held_open, 1)
+    rss_h = held.get("rss", {})
+    rss_b = before.get("rss", {})
+    sub = (lg or {}).get("subscribe") or {}
+    lat = (lg or {}).get("latency_us") or {}
+    reached = sub.get("reached")
+    result = {
+        "target": n,
+        "command": p.get("command"),
+        "machine": p.get("machine"),
+        "engines": p.get("engines"),
+        "shards_per_engine": p.get("shards"),
+        "loadgen_procs": p.get("procs"),
+        "sources": p.get("sources"),
+        "rate_per_s": p.get("rate"),
+        "bus": p.get("bus"),
+        "publish_via": p.get("publish_via"),
+        "ramp_s": p.get("ramp_s"),
+        "stopped_because": p.get("stopped_because"),
+        "held": {"open": held_open, "subscriptions": held_subs,
+                 "per_engine_min": min(opens) if opens else None,
+                 "per_engine_max": max(opens) if opens else None,
+                 "per_engine": per_engine},
+        "memory": {
+            "engines_rss_bytes": rss_h.get("engines"),
+            "engines_rss_growth_bytes_per_conn":
+                (rss_h["engines"] - rss_b.get("engines", 0)) / conns if rss_h.get("engines") else None,
+            "loadgens_rss_bytes": rss_h.get("loadgens"),
+            "redis_rss_bytes": rss_h.get("redis"),
+            "mem_available_before_bytes": before.get("meminfo", {}).get("MemAvailable"),
+            "mem_available_held_bytes": held.get("meminfo", {}).get("MemAvailable"),
+            "mem_available_lowest_bytes": peak.get("mem_available_min_bytes"),
+        },
+        "kernel": {
+            "sockets_used_before": sockets_before, "sockets_used_held": sockets_held,
+            "tcp_inuse_held": tcp_held.get("inuse"),
+            "tcp_mem_pages_before": tcp_before.get("mem"), "tcp_mem_pages_held": tcp_held.get("mem"),
+            "tcp_mem_bytes_held": tcp_held.get("mem", 0) * PAGE,
+            "tcp_mem_pages_peak_during_broadcast": peak.get("tcp_mem_pages_max"),
+            "slab_growth_bytes": slab_delta,
+            "slab_growth_bytes_per_conn": slab_delta / conns if slab_delta is not None else None,
+            "socket_slab_growth_bytes": socket_slab_delta,
+            "socket_slab_growth_bytes_per_conn":
+                socket_slab_delta / conns if socket_slab_delta is not None else None,
+        },
+        "publish": pub,
+        "delivery": {
+            "subscribed": sub.get("subscribed"), "reached": reached,
+            "deliveries": sub.get("deliveries"), "gaps": sub.get("gaps"),
+            "duplicates": sub.get("duplicates"), "foreign": sub.get("foreign"),
+            "latency_us": {k: lat.get(k) for k in ("p50", "p90", "p99", "p999", "max", "count")},
+        },
+        "loadgen": None if lg is None else {
+            "handshakes": lg["connections"]["handshakes"], "failed": lg["connections"]["failed"],
+            "failures": {k: v for k, v in lg["failures"].items() if v},
+            "time_to_n_s": lg.get("time_to_n_s"), "handshakes_per_sec": lg.get("handshakes_per_sec"),
+            "errors": lg.get("errors"), "ok": lg.get("ok"),
+            "client_rss_bytes": lg.get("client_rss_bytes"),
+            "cpu_ramp": {k: lg["cpu"]["ramp"].get(k) for k in ("busy_cores", "user_s", "system_s")},
+            "cores_ramp": lg["cpu"]["ramp"].get("cores"),
+        },
+        "ok": bool(lg and lg.get("ok") and reached == n and held_subs == n and pub and pub["ok"]),
+    }
+    write(out, result)
+
+    m, k = result["memory"], result["kernel"]
+    lines = [
+        f"== scripts/million.sh: {held_open:,} of {n:,} connections held ==",
+        f"machine      {p.get('machine')}",
+        f"command      {p.get('command')}",
+        f"layout       {p.get('engines')} engines x {p.get('shards')} shard(s), "
+        f"{p.get('procs')} load-generator processes, {p.get('sources')} source addresses, "
+        f"ramp {p.get('rate')}/s",
+        f"bus          {p.get('bus')}; publish: {p.get('publish_via')}",
+        f"ramp         {held_subs:,} subscribed after {p.get('ramp_s')} s ({p.get('stopped_because')})",
+        f"held         total open {held_open:,}, subscribed {held_subs:,}; per engine "
+        f"{min(opens) if opens else 'n/a'}-{max(opens) if opens else 'n/a'}",
+        "             " + ", ".join(f"e{i} {e['open']}" for i, e in enumerate(per_engine)),
+    ]
+    if m["engines_rss_bytes"] is not None:
+        lines.append(
+            f"memory       engines RSS {mib(m['engines_rss_bytes'])} "
+            f"({m['engines_rss_growth_bytes_per_conn'] or 0:.0f} B/conn growth), "
+            f"load generators {mib(m['loadgens_rss_bytes'] or 0)}, redis {mib(m['redis_rss_bytes'] or 0)}; "
+            f"MemAvailable {gib(m['mem_available_before_bytes'] or 0)} -> "
+            f"{gib(m['mem_available_held_bytes'] or 0)} (lowest {gib(m['mem_available_lowest_bytes'] or 0)})")
+    if sockets_held is not None:
+        sl = k["slab_growth_bytes"]
+        ss = k["socket_slab_growth_bytes"]
+        lines.append(
+            f"kernel       sockets used {sockets_before:,} -> {sockets_held:,}; TCP mem "
+            f"{k['tcp_mem_pages_held']} pages ({k['tcp_mem_bytes_held']:,} B) held, peak "
+            f"{k['tcp_mem_pages_peak_during_broadcast']} pages during the broadcast; Slab "
+            f"+{gib(sl or 0)} ({(sl or 0) / conns:,.0f} B/conn, both ends)"
+            + (f", socket caches +{gib(ss)} ({ss / conns:,.0f} B/conn)" if ss is not None else ""))
+    if pub:
+        lines.append(f"publish      {len(pub['results'])} POST /publish, ok={pub['ok']}, "
+                     f"answered in {(pub['returned_ns'] - pub['t_ns']) / 1e6:.1f} ms")
+    lines.append(
+        f"delivery     reached {reached if reached is not None else 'n/a':,} of "
+        f"{sub.get('subscribed', 0):,} subscribed; publish -> receive p50 {ms(lat.get('p50'))}, "
+        f"p99 {ms(lat.get('p99'))}, last {ms(lat.get('max'))} ({lat.get('count', 0):,} timed)"
+        if reached is not None else "delivery     n/a (no load-generator report)")
+    if lg:
+        lines.append(f"loadgen      {lg['connections']['handshakes']:,} handshakes, "
+                     f"{lg['connections']['failed']:,} failed "
+                     f"{result['loadgen']['failures'] or ''}; time to N {lg.get('time_to_n_s') or 0:.1f} s; "
+                     f"CPU in ramp {lg['cpu']['ramp'].get('busy_cores', 0):.2f} cores; ok={lg.get('ok')}")
+    lines.append(f"result       {'ok' if result['ok'] else 'NOT OK'}  (JSON: {out})")
+    print("\n".join(lines))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "stats":
+        cmd_stats(args[0], args[1:])
+    elif cmd == "publish":
+        cmd_publish(args[0], args[1], args[2:])
+    elif cmd == "snapshot":
+        cmd_snapshot(*args)
+    elif cmd == "checkrows":
+        cmd_checkrows(*args)
+    elif cmd == "summary":
+        cmd_summary(*args)
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
