@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod bus;
 mod policy;
+pub use bus::BusSettings;
 pub use policy::{ChannelPolicy, SlowPolicy};
 
 /// What the engine does with the messages it receives.
@@ -138,6 +140,9 @@ pub struct Config {
     /// not miss a message wants to learn about. Resolved once per channel and shard, when its
     /// first local subscriber arrives, not per delivery.
     pub channel_policy: Vec<ChannelPolicy>,
+    /// The bus (`[bus]` in the file): in-process, or Redis for several nodes
+    /// (docs/CLUSTER.md).
+    pub bus: BusSettings,
 }
 
 impl Default for Config {
@@ -174,6 +179,7 @@ impl Default for Config {
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
             sse_keepalive: Duration::from_secs(15),
+            bus: BusSettings::default(),
             channel_policy: Vec::new(),
         }
     }
@@ -252,6 +258,12 @@ impl Config {
                 why: why.to_string(),
             })
         };
+        if let Err((field, why)) = self.bus.check() {
+            return bad(field, &why);
+        }
+        if !self.bus.is_local() && self.app != App::Hub {
+            return bad("bus", "a Redis bus carries channels: it needs --app hub");
+        }
         if self.shards > 1024 {
             return bad("shards", "at most 1024");
         }
@@ -511,6 +523,23 @@ pub struct ServeArgs {
     /// Hub: keep-alive comment interval on idle server-sent event streams [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Option<Duration>,
+    /// Hub: `local` (one node) or a Redis URL that joins this node to the others using it,
+    /// e.g. redis://127.0.0.1:6379 (docs/CLUSTER.md) [default: local].
+    #[arg(long, value_name = "URL")]
+    pub bus: Option<String>,
+    /// This node's id in the cluster (A-Z a-z 0-9 . _ -) [default: <hostname>-<pid>].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// A node silent for this long is gone, with its presence members [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub node_ttl: Option<Duration>,
+    /// Publishes that may wait while Redis is unreachable; the oldest is dropped beyond it
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub bus_outbox: Option<usize>,
+    /// Longest wait between attempts to reach Redis [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub bus_backoff_max: Option<Duration>,
     /// How often counters are logged; 0 = only at exit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -577,6 +606,21 @@ impl ServeArgs {
         }
         if !self.channel_policy.is_empty() {
             c.channel_policy = self.channel_policy.clone();
+        }
+        if let Some(url) = &self.bus {
+            c.bus.url = url.clone();
+        }
+        if let Some(id) = &self.node_id {
+            c.bus.node_id = id.clone();
+        }
+        if let Some(v) = self.node_ttl {
+            c.bus.node_ttl = v;
+        }
+        if let Some(v) = self.bus_outbox {
+            c.bus.outbox = v;
+        }
+        if let Some(v) = self.bus_backoff_max {
+            c.bus.backoff_max = v;
         }
         c.validate()?;
         Ok(c)

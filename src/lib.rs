@@ -21,6 +21,10 @@
 //!   order, and counts its members (`shard/hub_presence.rs`); direct messages to a user fan
 //!   out to every shard (`shard/hub_users.rs`). A `GET /sse` stream (`shard/sse.rs`) is one
 //!   more local subscriber whose deliveries are events.
+//! - [`bus`]: where channels meet across nodes. The default in-process bus is the owner
+//!   shard above; `--bus redis://…` starts one bus thread that has Redis number, keep and
+//!   publish every channel's messages, while each owner shard relays them
+//!   (`shard/hub_relay.rs`, docs/CLUSTER.md).
 //! - [`api`]: the admin HTTP API (health, readiness, Prometheus metrics, JSON stats) on its own
 //!   thread and port; it only reads what the shards publish.
 //!
@@ -57,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bus;
 pub mod config;
 pub mod hub;
 pub mod metrics;

@@ -34,6 +34,7 @@
 //! the handlers; `prometheus` the text format; `http` the HTTP/1.1 wire format (pure);
 //! `server` the thread, its sockets and their time limits.
 
+mod cluster;
 mod http;
 mod prometheus;
 mod routes;
@@ -120,6 +121,8 @@ pub struct ApiView {
     /// Publishing and listing channels. For a real server this is the server itself, so the
     /// API keeps it alive until the API thread has been joined.
     pub engine: Arc<dyn Engine>,
+    /// The Redis bus's state (readiness, registry, counters); `None` with the local bus.
+    pub bus: Option<Arc<crate::bus::BusState>>,
 }
 
 impl ApiView {
@@ -131,6 +134,7 @@ impl ApiView {
             draining: server.draining_flag(),
             started,
             engine: Arc::clone(server) as Arc<dyn Engine>,
+            bus: server.bus(),
         }
     }
 
@@ -234,6 +238,7 @@ const ROUTES: &[Route] = &[
     Route::get("/readyz", Access::Public, routes::readyz),
     Route::get("/metrics", Access::Key, routes::metrics),
     Route::get("/stats", Access::Key, routes::stats),
+    Route::get("/nodes", Access::Key, cluster::nodes),
     Route::get("/channels", Access::Key, routes::channels),
     Route::post("/publish", Access::Key, routes::publish),
     Route::get_at("/channels/{}/presence", Access::Key, routes::presence),
@@ -425,6 +430,7 @@ pub(super) mod tests {
             draining: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
             engine: Arc::clone(engine) as Arc<dyn Engine>,
+            bus: None,
         }
     }
 

@@ -92,6 +92,8 @@ pub fn healthz(_: &ApiView) -> Reply {
 pub fn readyz(view: &ApiView) -> Reply {
     if view.is_draining() {
         Reply::text(503, "draining\n")
+    } else if let Some(why) = super::cluster::not_ready(view) {
+        Reply::text(503, &format!("not ready: {why}\n"))
     } else {
         Reply::text(200, "ready\n")
     }
@@ -100,7 +102,10 @@ pub fn readyz(view: &ApiView) -> Reply {
 /// `GET /metrics`: Prometheus text format, per shard and totals, plus process gauges.
 pub fn metrics(view: &ApiView) -> Reply {
     let shards: Vec<Counters> = view.published.iter().map(Published::load).collect();
-    let body = prometheus::render(&shards, &ProcessFacts::now(view));
+    let mut body = prometheus::render(&shards, &ProcessFacts::now(view));
+    if let Some(bus) = &view.bus {
+        super::cluster::metrics(bus, &mut body);
+    }
     Reply {
         status: 200,
         content_type: PROMETHEUS_TEXT,
@@ -134,6 +139,7 @@ pub fn stats(view: &ApiView) -> Reply {
         "shard_count": shards.len(),
         "total": Value::Object(counters_json(&total)),
         "shards": per_shard,
+        "bus": super::cluster::stats(view),
     });
     Reply::json(200, &body)
 }
@@ -255,7 +261,7 @@ fn engine_error(e: PublishError) -> Reply {
     let status = match e {
         PublishError::BadChannel | PublishError::BadUser => 400,
         PublishError::NotHub => 409,
-        PublishError::Timeout | PublishError::Stopped => 503,
+        PublishError::Timeout | PublishError::Stopped | PublishError::Unavailable => 503,
     };
     Reply::json(
         status,
@@ -312,6 +318,7 @@ fn error_code(e: PublishError) -> &'static str {
         PublishError::Timeout => "timeout",
         PublishError::Stopped => "stopped",
         PublishError::BadUser => "bad_user",
+        PublishError::Unavailable => "unavailable",
     }
 }
 

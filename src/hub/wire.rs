@@ -32,9 +32,9 @@ use crate::proto::CloseCode;
 
 mod write;
 pub use write::{
-    decimal_len, delivery_frame, direct_frame, presence_event_frame, push_u64, reply_delivered,
-    reply_error, reply_ok, reply_presence, reply_published, reply_subscribed, write_command,
-    PresenceEvent,
+    decimal_len, delivery_frame, delivery_frame_raw, direct_frame, presence_event_frame, push_u64,
+    reply_delivered, reply_error, reply_ok, reply_presence, reply_published, reply_subscribed,
+    reset_frame, write_command, PresenceEvent,
 };
 
 /// The longest channel name, in bytes. Long enough for `org/project:room@region` style names,
@@ -230,11 +230,14 @@ pub enum ErrorCode {
     RateLimited,
     /// A direct message's `user` is not a user id ([`valid_user`]).
     BadUser,
+    /// The bus (Redis) could not take the message: it was unreachable for longer than the
+    /// outbox holds. Nothing was published; the client may retry.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadChannel,
@@ -245,6 +248,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::BadUser,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as it appears on the wire.
@@ -260,6 +264,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BadUser => "bad_user",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -276,6 +281,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "not allowed on this channel",
             ErrorCode::RateLimited => "over the rate limit",
             ErrorCode::BadUser => "user ids are 1 to 128 bytes without control characters",
+            ErrorCode::Unavailable => "the bus is unavailable; nothing was published",
         }
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct Shard {
     pub(super) sse: super::sse::SseState,
     /// Deliveries held for connections over their bound on `conflate` channels.
     pub(super) held: crate::hub::conflate::Conflation,
+    /// The Redis bus, when there is one (`None`: this node numbers its own channels).
+    pub(super) bus: Option<crate::bus::BusHandle>,
 }
 
 impl Shard {
@@ -173,6 +175,7 @@ impl Shard {
             admission,
             sse: Default::default(),
             held: Default::default(),
+            bus: None,
         })
     }
 

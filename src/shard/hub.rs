@@ -111,6 +111,23 @@ pub enum HubCmd {
     Presence(super::hub_presence::PresenceCmd),
     /// Messages to users and their tallies.
     User(super::hub_users::UserCmd),
+    /// From the bus thread (Redis bus only): deliveries and answers for an owned channel.
+    Bus(crate::bus::BusEvent),
+    /// From a relaying owner: the channel's numbering restarted; `frame` is the notice.
+    Reset {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The `reset` notice, shared.
+        frame: Bytes,
+    },
+    /// From the bus thread to the publisher's shard: the publish was dropped (Redis away and
+    /// the outbox full).
+    PublishFailed {
+        /// Publisher.
+        to: ConnAddr,
+        /// Request id.
+        id: Option<u64>,
+    },
 }
 
 /// Who published, so the owner can tell them the sequence number it assigned.
@@ -154,6 +171,8 @@ pub(super) struct HubState {
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
     pub(super) epoch_seed: u64,
+    /// Last token given to a relay (`hub_relay.rs`).
+    pub(super) relay_token: u64,
     /// Subscriptions held by local connections (the sum of `by_conn` lengths, kept as it
     /// changes so the gauge never walks the slab).
     subscriptions: u64,
@@ -187,8 +206,10 @@ impl HubState {
     }
 }
 
+/// The shard that owns `channel` among `shards` (the same on every node and shard).
+///
 /// FNV-1a: the channel's owner must be the same on every shard; no need for a keyed hash.
-pub(super) fn owner_of(channel: &str, shards: usize) -> usize {
+pub fn owner_of(channel: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in channel.bytes() {
         h ^= b as u64;
@@ -314,13 +335,26 @@ impl Shard {
                     _ => None,
                 };
                 let channel: Arc<str> = Arc::from(channel);
+                let from = Publisher::Conn(from, id);
+                if let Some(bus) = &self.bus {
+                    let data = data.to_owned();
+                    if !bus.send(crate::bus::Req::Publish {
+                        channel,
+                        data,
+                        key,
+                        from,
+                    }) {
+                        self.hub_error(idx, id, ErrorCode::Unavailable);
+                    }
+                    return;
+                }
                 let owner = owner_of(&channel, self.shard_count());
                 self.hub_send(
                     owner,
                     HubCmd::Publish {
                         channel,
                         data: data.to_owned(),
-                        from: Publisher::Conn(from, id),
+                        from,
                         key,
                     },
                 );
@@ -465,7 +499,7 @@ impl Shard {
         let now = self.now;
         self.hub.owned.retain(|_, o| {
             o.history.expire(now);
-            o.interested != 0 || !o.history.is_empty()
+            o.interested != 0 || (o.relay.is_none() && !o.history.is_empty())
         });
         self.counters.hub_channels = self.hub.owned.len() as u64;
         self.counters.hub_subscriptions = self.hub.subscriptions;
@@ -496,8 +530,13 @@ impl Shard {
             HubCmd::Uninterested { channel, shard } => {
                 if let Some(o) = self.hub.owned.get_mut(&channel) {
                     o.interested &= !(1u64 << shard);
-                    if o.interested == 0 && o.history.is_empty() {
+                    let relayed = o.relay.is_some();
+                    // A relayed channel's history is in Redis: nothing is lost by forgetting it.
+                    if o.interested == 0 && (relayed || o.history.is_empty()) {
                         self.hub.owned.remove(&channel);
+                        if let (true, Some(bus)) = (relayed, &self.bus) {
+                            bus.send(crate::bus::Req::Unsync { channel });
+                        }
                     }
                 }
             }
@@ -524,6 +563,13 @@ impl Shard {
             }
             HubCmd::Presence(cmd) => self.presence_command(cmd),
             HubCmd::User(cmd) => self.user_command(cmd),
+            HubCmd::Bus(ev) => self.relay_event(ev),
+            HubCmd::Reset { channel, frame } => self.reset_local(&channel, frame),
+            HubCmd::PublishFailed { to, id } => {
+                if self.is_current(to) {
+                    self.hub_error(to.idx as usize, id, ErrorCode::Unavailable);
+                }
+            }
         }
     }
 

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use serde_json::value::RawValue;
 
 use crate::hub::history::{History, Recovery};
@@ -18,6 +20,8 @@ pub(super) struct Owned {
     pub history: History,
     /// Bit i = shard i has (or is getting) subscribers.
     pub interested: u64,
+    /// With the Redis bus: the relay's state (`hub_relay.rs`); `None` with the local bus.
+    pub relay: Option<super::hub_relay::Relay>,
 }
 
 impl Shard {
@@ -43,6 +47,7 @@ impl Shard {
                     last_seq: 0,
                     history: History::new(epoch, cap, ttl),
                     interested: 0,
+                    relay: None,
                 }
             })
     }
@@ -54,29 +59,20 @@ impl Shard {
         from: Publisher,
         key: Option<Arc<str>>,
     ) {
-        let now = self.now;
-        let keep = self.cfg.history_size > 0;
-        let o = self.owned_entry(&channel);
-        o.last_seq += 1;
-        let seq = o.last_seq;
+        if let Some(bus) = &self.bus {
+            let data = data.to_owned();
+            let req = crate::bus::Req::Publish {
+                channel,
+                data,
+                key,
+                from,
+            };
+            bus.send(req);
+            return;
+        }
+        let seq = self.owned_entry(&channel).last_seq + 1;
         let frame = wire::delivery_frame(&channel, seq, data);
-        if keep {
-            o.history.expire(now);
-            o.history.push(seq, now, frame.clone());
-        }
-        let interested = o.interested;
-        for shard in 0..self.shard_count() {
-            if interested & (1u64 << shard) != 0 {
-                self.hub_send(
-                    shard,
-                    HubCmd::Deliver {
-                        channel: Arc::clone(&channel),
-                        frame: frame.clone(),
-                        key: key.clone(),
-                    },
-                );
-            }
-        }
+        self.owner_deliver(&channel, seq, frame, key);
         match from {
             Publisher::Conn(to, id) => {
                 self.hub_send(to.shard as usize, HubCmd::Published { to, id, seq })
@@ -88,6 +84,49 @@ impl Shard {
         }
     }
 
+    /// Records `frame` as the channel's message `seq` (the next one) in its history and
+    /// sends it to every shard with subscribers.
+    pub(super) fn owner_deliver(
+        &mut self,
+        channel: &Arc<str>,
+        seq: u64,
+        frame: Bytes,
+        key: Option<Arc<str>>,
+    ) {
+        let now = self.now;
+        let keep = self.cfg.history_size > 0;
+        let o = self.owned_entry(channel);
+        o.last_seq = seq;
+        if keep {
+            o.history.expire(now);
+            o.history.push(seq, now, frame.clone());
+        }
+        let interested = o.interested;
+        self.owner_send_all(channel, interested, frame, key);
+    }
+
+    /// Sends a frame to every shard in `interested`, as a delivery of `channel`.
+    pub(super) fn owner_send_all(
+        &mut self,
+        channel: &Arc<str>,
+        interested: u64,
+        frame: Bytes,
+        key: Option<Arc<str>>,
+    ) {
+        for shard in 0..self.shard_count() {
+            if interested & (1u64 << shard) != 0 {
+                self.hub_send(
+                    shard,
+                    HubCmd::Deliver {
+                        channel: Arc::clone(channel),
+                        frame: frame.clone(),
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     pub(super) fn own_subscribe(
         &mut self,
         channel: Arc<str>,
@@ -95,6 +134,9 @@ impl Shard {
         id: Option<u64>,
         since: Option<(Option<u32>, u64)>,
     ) {
+        if self.bus.is_some() {
+            return self.relay_subscribe(channel, from, id, since);
+        }
         let now = self.now;
         let o = self.owned_entry(&channel);
         o.interested |= 1u64 << from.shard;

@@ -180,8 +180,13 @@ impl Shard {
             return;
         };
         let channel: Arc<str> = Arc::from(channel);
-        let owner = owner_of(&channel, self.shard_count());
         let to = Asker::Conn(from, id);
+        if let Some(bus) = &self.bus {
+            // Members on every node: the bus thread asks Redis and answers with `Listed`.
+            bus.send(crate::bus::Req::List { channel, to });
+            return;
+        }
+        let owner = owner_of(&channel, self.shard_count());
         self.hub_send(owner, HubCmd::Presence(PresenceCmd::List { channel, to }));
     }
 
@@ -195,6 +200,14 @@ impl Shard {
                 watch,
             } => {
                 let max = self.cfg.max_presence_members;
+                if let Some(bus) = &self.bus {
+                    let (channel, user) = (Arc::clone(&channel), Arc::clone(&user));
+                    bus.send(crate::bus::Req::Presence {
+                        channel,
+                        user,
+                        delta: 1,
+                    });
+                }
                 let o = self.hub.presence.owned.entry(Arc::clone(&channel));
                 let o = o.or_default();
                 if watch {
@@ -213,6 +226,14 @@ impl Shard {
                 let Some(o) = self.hub.presence.owned.get_mut(&channel) else {
                     return;
                 };
+                if let Some(bus) = &self.bus {
+                    let (channel, user) = (Arc::clone(&channel), Arc::clone(&user));
+                    bus.send(crate::bus::Req::Presence {
+                        channel,
+                        user,
+                        delta: -1,
+                    });
+                }
                 if unwatch {
                     o.watching &= !(1u64 << shard);
                 }

@@ -60,6 +60,11 @@ pub enum Tally {
     },
     /// Another thread (the admin API), which adds the counts up itself.
     Caller(crossbeam_channel::Sender<u64>),
+    /// The bus thread (Redis bus), gathering this node's count for token `token`.
+    Bus {
+        /// The bus thread's token.
+        token: u64,
+    },
 }
 
 /// One shard's user state.
@@ -113,12 +118,20 @@ impl Shard {
     pub(super) fn users_admitted(&mut self, idx: usize, gen: u32) {
         if let Some(g) = self.admission.grant(idx) {
             self.hub.users.add(&g.user, (idx as u32, gen));
+            if let Some(bus) = &self.bus {
+                let user = self.hub.users.shared(&g.user);
+                bus.send(crate::bus::Req::User { user, delta: 1 });
+            }
         }
     }
 
     /// A connection is leaving the slab: take it out of the index.
     pub(super) fn users_forget(&mut self, idx: usize, gen: u32) {
         if let Some(g) = self.admission.grant(idx) {
+            if let Some(bus) = &self.bus {
+                let user = self.hub.users.shared(&g.user);
+                bus.send(crate::bus::Req::User { user, delta: -1 });
+            }
             self.hub.users.remove(&g.user, (idx as u32, gen));
         }
     }
@@ -135,7 +148,13 @@ impl Shard {
         }
         let sender = self.user_of(idx, from.gen);
         let frame = wire::direct_frame(Some(&sender), data);
-        let shards = self.shards_of(to);
+        // With the Redis bus a user with a token may be on any node: the bus finds them.
+        let across = self.bus.is_some() && parse_anon(to).is_none();
+        let shards = if across {
+            vec![self.id]
+        } else {
+            self.shards_of(to)
+        };
         if shards.is_empty() {
             return self.hub_reply(idx, |o| wire::reply_delivered(o, id, 0));
         }
@@ -149,6 +168,14 @@ impl Shard {
         };
         self.hub.users.tallies.insert(token, gather);
         let user: Arc<str> = Arc::from(to);
+        if let (true, Some(bus)) = (across, &self.bus) {
+            let tally = Tally::Shard {
+                shard: self.id as u32,
+                token,
+            };
+            bus.send(crate::bus::Req::Direct { user, frame, tally });
+            return;
+        }
         for shard in shards {
             let tally = Tally::Shard {
                 shard: self.id as u32,
@@ -187,6 +214,11 @@ impl Shard {
                     // The caller may have given up waiting.
                     Tally::Caller(tx) => {
                         let _ = tx.send(count);
+                    }
+                    Tally::Bus { token } => {
+                        if let Some(bus) = &self.bus {
+                            bus.send(crate::bus::Req::DirectCount { token, count });
+                        }
                     }
                 }
             }

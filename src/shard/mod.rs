@@ -17,6 +17,7 @@ mod hub;
 mod hub_index;
 mod hub_owner;
 mod hub_presence;
+mod hub_relay;
 mod hub_sweep;
 mod hub_users;
 mod lifecycle;
@@ -28,7 +29,9 @@ mod sse;
 mod sweep;
 
 pub use conn::{Conn, Phase};
-pub use hub_presence::Members;
+pub use hub::{owner_of, ConnAddr, HubCmd, Publisher};
+pub use hub_presence::{Asker, Members, PresenceCmd};
+pub use hub_users::{Tally, UserCmd};
 pub use lifecycle::DISCONNECTED;
 
 use std::io;
@@ -130,6 +133,9 @@ pub enum PublishError {
     /// The user id breaks the rules (1 to 128 bytes, no control characters).
     #[error("invalid user id")]
     BadUser,
+    /// The bus dropped the message (Redis unreachable and its outbox full).
+    #[error("the bus is unavailable; nothing was published")]
+    Unavailable,
 }
 
 /// Sums up to `n` counts from `rx`, waiting at most `timeout` in all.
@@ -159,6 +165,8 @@ pub struct Server {
     local_addr: SocketAddr,
     draining: Arc<AtomicBool>,
     app: crate::config::App,
+    /// The Redis bus and its thread, when configured.
+    bus: Option<(crate::bus::BusHandle, JoinHandle<()>)>,
 }
 
 /// Pieces of one shard created on the starting thread and moved into its own.
@@ -196,9 +204,11 @@ impl Server {
             });
         }
         let stats: Vec<Published> = (0..n).map(|_| Published::default()).collect();
+        let bus = (!config.bus.is_local())
+            .then(|| crate::bus::channel(config.bus.node_id(), config.bus.node_ttl / 3));
         let mut threads = Vec::with_capacity(n);
         for (id, p) in parts.into_iter().enumerate() {
-            let shard = event_loop::Shard::new(
+            let mut shard = event_loop::Shard::new(
                 id,
                 Arc::clone(&config),
                 p.poll,
@@ -208,6 +218,7 @@ impl Server {
                 handles.iter().filter(|h| h.id != id).cloned().collect(),
                 stats[id].clone(),
             )?;
+            shard.bus = bus.as_ref().map(|(h, _)| h.clone());
             let pin = config.pin;
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -222,8 +233,25 @@ impl Server {
                 })?;
             threads.push(t);
         }
+        let bus = match bus {
+            Some((handle, inbox)) => {
+                let state = Arc::clone(&handle.state);
+                let thread = crate::bus::start(
+                    Arc::clone(&config),
+                    inbox,
+                    state,
+                    handles.clone(),
+                    stats.clone(),
+                    addr.to_string(),
+                )?;
+                tracing::info!(node = %handle.state.node_id, url = %config.bus.url, "bus: redis");
+                Some((handle, thread))
+            }
+            None => None,
+        };
         tracing::info!(%addr, shards = n, app = ?config.app, "listening");
         Ok(Server {
+            bus,
             handles,
             threads,
             stats,
@@ -273,18 +301,33 @@ impl Server {
         if !crate::hub::wire::valid_channel(channel) {
             return Err(PublishError::BadChannel);
         }
-        let owner = hub::owner_of(channel, self.handles.len());
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let sent = self.handles[owner].send(Command::Hub(hub::HubCmd::Publish {
-            channel: Arc::from(channel),
-            data: data.to_owned(),
-            from: hub::Publisher::Caller(tx),
-            key: None,
-        }));
+        let (channel, data) = (Arc::from(channel), data.to_owned());
+        let from = hub::Publisher::Caller(tx);
+        let sent = match &self.bus {
+            Some((bus, _)) => bus.send(crate::bus::Req::Publish {
+                channel,
+                data,
+                key: None,
+                from,
+            }),
+            None => {
+                let owner = hub::owner_of(&channel, self.handles.len());
+                self.handles[owner].send(Command::Hub(hub::HubCmd::Publish {
+                    channel,
+                    data,
+                    from,
+                    key: None,
+                }))
+            }
+        };
         if !sent {
             return Err(PublishError::Stopped);
         }
-        rx.recv_timeout(timeout).map_err(|_| PublishError::Timeout)
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => PublishError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => PublishError::Unavailable,
+        })
     }
 
     /// Channels with subscribers right now and how many, summed over shards, by name.
@@ -324,13 +367,17 @@ impl Server {
         if !crate::hub::wire::valid_channel(channel) {
             return Err(PublishError::BadChannel);
         }
-        let owner = hub::owner_of(channel, self.handles.len());
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let ask = hub_presence::PresenceCmd::List {
-            channel: Arc::from(channel),
-            to: hub_presence::Asker::Caller(tx),
+        let (channel, to): (Arc<str>, _) = (Arc::from(channel), hub_presence::Asker::Caller(tx));
+        let sent = match &self.bus {
+            Some((bus, _)) => bus.send(crate::bus::Req::List { channel, to }),
+            None => {
+                let owner = hub::owner_of(&channel, self.handles.len());
+                let ask = hub_presence::PresenceCmd::List { channel, to };
+                self.handles[owner].send(Command::Hub(hub::HubCmd::Presence(ask)))
+            }
         };
-        if !self.handles[owner].send(Command::Hub(hub::HubCmd::Presence(ask))) {
+        if !sent {
             return Err(PublishError::Stopped);
         }
         rx.recv_timeout(timeout).map_err(|_| PublishError::Timeout)
@@ -354,6 +401,14 @@ impl Server {
         let frame = crate::hub::wire::direct_frame(None, data);
         let user: Arc<str> = Arc::from(user);
         let (tx, rx) = crossbeam_channel::unbounded();
+        if let (Some((bus, _)), None) = (&self.bus, crate::hub::presence::parse_anon(&user)) {
+            // Any node may hold the user's connections: the bus gathers every node's count.
+            let tally = hub_users::Tally::Caller(tx);
+            if !bus.send(crate::bus::Req::Direct { user, frame, tally }) {
+                return Err(PublishError::Stopped);
+            }
+            return Ok(gather(&rx, 1, timeout));
+        }
         let asked = self
             .shards_for(&user)
             .filter(|h| {
@@ -419,11 +474,23 @@ impl Server {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    /// Waits for every shard to exit and returns the final totals.
+    /// The bus's shared state (readiness, counters, registry), with the Redis bus.
+    pub fn bus(&self) -> Option<Arc<crate::bus::BusState>> {
+        self.bus.as_ref().map(|(h, _)| Arc::clone(&h.state))
+    }
+
+    /// Waits for every shard to exit (then for the bus thread) and returns the final totals.
     pub fn join(self) -> Counters {
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("a shard thread panicked");
+            }
+        }
+        if let Some((handle, thread)) = self.bus {
+            // The shards' handles are gone with them; this was the last one.
+            drop(handle);
+            if thread.join().is_err() {
+                tracing::error!("the bus thread panicked");
             }
         }
         metrics::total(&self.stats)

@@ -19,8 +19,13 @@ const DELIVERY_DATA: &[u8] = b",\"data\":";
 /// checked by the caller), so it is written without escaping. The buffer is sized exactly
 /// before writing, so the `Bytes` keeps the one allocation.
 pub fn delivery_frame(channel: &str, seq: u64, data: &RawValue) -> Bytes {
+    delivery_frame_raw(channel, seq, data.get().as_bytes())
+}
+
+/// [`delivery_frame`] for a value already known to be one JSON value (checked where it came
+/// in, e.g. by the bus thread for deliveries from Redis).
+pub fn delivery_frame_raw(channel: &str, seq: u64, data: &[u8]) -> Bytes {
     debug_assert!(valid_channel(channel), "unchecked channel {channel:?}");
-    let data = data.get().as_bytes();
     let len = DELIVERY_CH.len()
         + channel.len()
         + DELIVERY_SEQ.len()
@@ -41,6 +46,21 @@ pub fn delivery_frame(channel: &str, seq: u64, data: &RawValue) -> Bytes {
     out.push(b'}');
     debug_assert_eq!(out.len(), n + len);
     Bytes::from(out)
+}
+
+/// A whole server-role text frame carrying
+/// `{"ch":<channel>,"reset":{"epoch":<epoch>,"seq":<seq>}}`: the channel's numbering
+/// restarted (its state in the bus was lost); deliveries continue after `seq` in `epoch`.
+pub fn reset_frame(channel: &str, epoch: u32, seq: u64) -> Bytes {
+    let mut json = Vec::with_capacity(48 + channel.len());
+    json.extend_from_slice(DELIVERY_CH);
+    json.extend_from_slice(channel.as_bytes());
+    json.extend_from_slice(b"\",\"reset\":{\"epoch\":\"");
+    push_epoch(&mut json, epoch);
+    json.extend_from_slice(b"\",\"seq\":");
+    push_u64(&mut json, seq);
+    json.extend_from_slice(b"}}");
+    text_frame(&json)
 }
 
 /// A presence change on a channel, as its owner reports it to subscribers who asked.
@@ -377,7 +397,8 @@ mod tests {
                 "too_large",
                 "forbidden",
                 "rate_limited",
-                "bad_user"
+                "bad_user",
+                "unavailable"
             ]
         );
     }
