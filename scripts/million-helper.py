@@ -123,6 +123,27 @@ def rss(pids):
     return total
 
 
+def cpu_ticks(pids):
+    """utime + stime of each process (clock ticks), summed."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def box_ticks():
+    """The machine's CPU time so far: busy and idle (iowait counted idle), clock ticks."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return {"busy": sum(v[:8]) - idle, "idle": idle}
+
+
 def pid_list(s):
     return [p for p in s.split(",") if p]
 
@@ -131,7 +152,10 @@ def cmd_snapshot(out, engines, loadgens, redis):
     write(out, {"at_unix_s": time.time(), "meminfo": meminfo(), "sockstat": sockstat(),
                 "socket_slab_bytes": slab_caches(),
                 "rss": {"engines": rss(pid_list(engines)), "loadgens": rss(pid_list(loadgens)),
-                        "redis": rss(pid_list(redis))}})
+                        "redis": rss(pid_list(redis))},
+                "cpu_ticks": {"engines": cpu_ticks(pid_list(engines)),
+                              "loadgens": cpu_ticks(pid_list(loadgens)),
+                              "redis": cpu_ticks(pid_list(redis)), "box": box_ticks()}})
 
 
 def cmd_checkrows(path, scope):
@@ -205,6 +229,20 @@ def cmd_summary(run, out):
     conns = max(held_open, 1)
     rss_h = held.get("rss", {})
     rss_b = before.get("rss", {})
+    hz = os.sysconf("SC_CLK_TCK")
+    cb, ch = before.get("cpu_ticks"), held.get("cpu_ticks")
+    cpu = None
+    if cb and ch:
+        # Over the ramp (before -> held): CPU seconds of each group and of the whole box; what
+        # is left is everybody else on the machine (it is shared).
+        secs = {g: (ch[g] - cb[g]) / hz for g in ("engines", "loadgens", "redis")}
+        busy = (ch["box"]["busy"] - cb["box"]["busy"]) / hz
+        idle = (ch["box"]["idle"] - cb["box"]["idle"]) / hz
+        wall = max(held.get("at_unix_s", 0) - before.get("at_unix_s", 0), 1e-9)
+        cpu = {**{f"{g}_s": round(v, 2) for g, v in secs.items()},
+               "box_busy_s": round(busy, 2), "box_idle_s": round(idle, 2),
+               "others_s": round(busy - sum(secs.values()), 2), "wall_s": round(wall, 2),
+               "box_busy_fraction": round(busy / max(busy + idle, 1e-9), 3)}
     sub = (lg or {}).get("subscribe") or {}
     lat = (lg or {}).get("latency_us") or {}
     reached = sub.get("reached")
@@ -247,6 +285,7 @@ def cmd_summary(run, out):
             "socket_slab_growth_bytes_per_conn":
                 socket_slab_delta / conns if socket_slab_delta is not None else None,
         },
+        "cpu_until_held": cpu,
         "publish": pub,
         "delivery": {
             "subscribed": sub.get("subscribed"), "reached": reached,
@@ -297,11 +336,17 @@ def cmd_summary(run, out):
             f"{k['tcp_mem_pages_peak_during_broadcast']} pages during the broadcast; Slab "
             f"+{gib(sl or 0)} ({(sl or 0) / conns:,.0f} B/conn, both ends)"
             + (f", socket caches +{gib(ss)} ({ss / conns:,.0f} B/conn)" if ss is not None else ""))
+    if cpu:
+        lines.append(
+            f"cpu          until held ({cpu['wall_s']:.0f} s): box {cpu['box_busy_fraction'] * 100:.0f}% busy "
+            f"({cpu['box_busy_s']:.0f} of {cpu['box_busy_s'] + cpu['box_idle_s']:.0f} core-s): engines "
+            f"{cpu['engines_s']:.0f} s, load generators {cpu['loadgens_s']:.0f} s, redis "
+            f"{cpu['redis_s']:.0f} s, everything else {cpu['others_s']:.0f} s")
     if pub:
         lines.append(f"publish      {len(pub['results'])} POST /publish, ok={pub['ok']}, "
                      f"answered in {(pub['returned_ns'] - pub['t_ns']) / 1e6:.1f} ms")
     lines.append(
-        f"delivery     reached {reached if reached is not None else 'n/a':,} of "
+        f"delivery     reached {reached or 0:,} of "
         f"{sub.get('subscribed', 0):,} subscribed; publish -> receive p50 {ms(lat.get('p50'))}, "
         f"p99 {ms(lat.get('p99'))}, last {ms(lat.get('max'))} ({lat.get('count', 0):,} timed)"
         if reached is not None else "delivery     n/a (no load-generator report)")
