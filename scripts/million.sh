@@ -17,8 +17,11 @@
 #      addresses at a bounded --rate; the ramp is watched through every engine's /stats,
 #      aborted if MemAvailable falls under the guard
 #   6. once everyone is subscribed: a snapshot (per-engine counts, RSS, /proc/net/sockstat,
-#      slab), one POST /publish on node million-0 carrying its CLOCK_MONOTONIC send time; the
-#      load generator times each delivery from it and ends its hold once all have it
+#      slab, CPU per group, drops and retransmissions); the bus is let settle (a probe publish
+#      on every node until each answers within 250 ms: every subscribe queued a presence write
+#      to Redis, and a node's publishes wait behind them); then one POST /publish on node
+#      million-0 carrying its CLOCK_MONOTONIC send time; the load generator times each
+#      delivery from it and ends its hold once all have it
 #   7. teardown of exactly what was started (by PID), summary block + --json
 #
 # Nothing is restored at the end except what this script started: sysctl/tune's changes stay
@@ -48,7 +51,8 @@ usage() {
     cat <<EOF
 usage: scripts/million.sh [--target N] [--engines K] [--procs P] [--sources M] [--rate R]
                           [--shards S] [--hold SECS] [--channel NAME] [--base-port PORT]
-                          [--mem-guard MIB] [--profile density|throughput] [--no-tune]
+                          [--mem-guard MIB] [--ping-interval T] [--profile density|throughput]
+                          [--no-tune]
                           [--run-dir DIR] [--json FILE]
 
   --target N       connections (subscribers) to hold (default 1000000)
@@ -63,6 +67,8 @@ usage: scripts/million.sh [--target N] [--engines K] [--procs P] [--sources M] [
   --base-port P    redis on P, engines on P+1..P+K, admin APIs on P+K+1..P+2K (default 9400;
                    must lie below the ephemeral port range)
   --mem-guard MIB  abort the ramp when MemAvailable falls below this (default 1536)
+  --ping-interval T  passed to the engines (default: theirs, 30s); every idle connection is
+                   pinged once per T, which at a million is 1M/T pings a second
   --profile P      sysctl/tune profile when a knob is short (default density)
   --no-tune        refuse instead of running sysctl/tune
   --run-dir DIR    logs, snapshots and the load generator's JSON (default: a new /tmp dir)
@@ -77,6 +83,7 @@ refuse() {
 }
 
 TARGET=1000000 ENGINES="" PROCS="" SOURCES="" RATE=10000 SHARDS=1 HOLD=60 CHANNEL=million
+SETTLE_SECS=120 PING_INTERVAL=""
 BASE_PORT=9400 MEM_GUARD_MIB=1536 PROFILE=density TUNE=1 RUN_DIR="" JSON_OUT=""
 COMMAND="scripts/million.sh $*"
 while (($#)); do
@@ -102,13 +109,14 @@ while (($#)); do
             esac
             shift
             ;;
-        --channel | --profile | --run-dir | --json)
+        --channel | --profile | --run-dir | --json | --ping-interval)
             (($# >= 2)) || refuse "$1 needs a value"
             case "$1" in
                 --channel) CHANNEL=$2 ;;
                 --profile) PROFILE=$2 ;;
                 --run-dir) RUN_DIR=$2 ;;
                 --json) JSON_OUT=$2 ;;
+                --ping-interval) PING_INTERVAL=$2 ;;
             esac
             shift
             ;;
@@ -325,6 +333,7 @@ say "4. $ENGINES engines: starling serve --app hub --shards $SHARDS on :$WS_FIRS
 for ((i = 0; i < ENGINES; i++)); do
     args=(serve --listen "127.0.0.1:$((WS_FIRST + i))" --app hub --shards "$SHARDS"
         --api-listen "127.0.0.1:${API_PORTS[$i]}" --drain-timeout 5s)
+    [[ -z "$PING_INTERVAL" ]] || args+=(--ping-interval "$PING_INTERVAL")
     [[ -z "$BUS" ]] || args+=(--bus "$BUS" --node-id "million-$i")
     "$STARLING" "${args[@]}" </dev/null >"$RUN_DIR/logs/engine-$i.log" 2>&1 &
     ENGINE_PIDS+=($!)
@@ -427,6 +436,7 @@ write_params() {
         sources="$SOURCES" source_spec="$SOURCE_SPEC" rate="$RATE" per_engine_max="$PER_ENGINE" \
         per_process_cap="$PER_PROCESS_MAX" bus="${BUS:-none}" publish_via="$PUBLISH_VIA" \
         channel="$CHANNEL" ramp_s="$RAMP_S" stopped_because="$STOPPED_BECAUSE" \
+        ping_interval="${PING_INTERVAL:-engine default (30s)}" \
         run_dir="$RUN_DIR" <<'EOF'
 import json, os, sys
 p = dict(a.split("=", 1) for a in sys.argv[2:])
@@ -461,6 +471,14 @@ fi
 sleep 1 # the shards publish their counters every 250 ms
 python3 "$HELPER" stats "$RUN_DIR/held-stats.json" "${API_PORTS[@]}" >/dev/null
 snapshot "$RUN_DIR/held.json"
+# What the ramp queued on the bus (every subscribe is a presence write to Redis, a node's
+# publishes wait behind them) is worked off first, so that the publish below times the
+# delivery and not that queue; how long it took is a figure of its own.
+if [[ -n "$BUS" ]]; then
+    read -r SETTLE_S SETTLED _ < <(python3 "$HELPER" settle "$RUN_DIR/settle.json" \
+        "$CHANNEL.probe" "$SETTLE_SECS" "${API_PORTS[@]}") || SETTLE_S="?" SETTLED=0
+    say "   bus settled on $SETTLED of $ENGINES nodes after ${SETTLE_S}s (a publish answered within 250 ms)"
+fi
 say "6. publish on ${#PUBLISH_PORTS[@]} node(s): $PUBLISH_VIA"
 read -r PUB_T PUB_OK < <(python3 "$HELPER" publish "$RUN_DIR/publish.json" "$CHANNEL" "${PUBLISH_PORTS[@]}")
 say "   publish t=$PUB_T ns (CLOCK_MONOTONIC): $PUB_OK"
@@ -480,6 +498,7 @@ while alive "$LOADGEN_PID" && ((SECONDS < deadline)); do
     fi
     sleep 0.2
 done
+snapshot "$RUN_DIR/delivered.json"
 printf '{"mem_available_min_bytes": %s, "tcp_mem_pages_max": %s}\n' "$MEM_MIN" "$TCP_PEAK" >"$RUN_DIR/peaks.json"
 if alive "$LOADGEN_PID"; then
     say "   the load generator is still running: SIGTERM"
