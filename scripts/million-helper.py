@@ -15,10 +15,12 @@ bounded (HTTP timeouts, no retries) and read-only except `publish`.
                                                     has answered one within 250 ms or SECS have
                                                     passed: the bus has worked off what the ramp
                                                     queued; prints "<seconds> <settled> <nodes>"
-    million-helper.py snapshot OUT.json ENGINE_PIDS LOADGEN_PIDS REDIS_PID
+    million-helper.py snapshot OUT.json ENGINE_PIDS LOADGEN_PIDS REDIS_PID [REDIS_PORT]
                                                     /proc/meminfo, /proc/net/sockstat, the
-                                                    socket slab caches, RSS of each group
-                                                    (PIDS comma-separated, may be empty)
+                                                    socket slab caches, RSS and CPU of each
+                                                    group (PIDS comma-separated, may be empty),
+                                                    drops and retransmissions, Redis's
+                                                    commands so far
     million-helper.py checkrows CHECK.json SCOPE    rows of `sysctl/check --json` that are LOW
                                                     or UNKNOWN, one per line (SCOPE: process =
                                                     only the hard open-file limit; system =
@@ -29,6 +31,7 @@ bounded (HTTP timeouts, no retries) and read-only except `publish`.
 import concurrent.futures
 import json
 import os
+import socket
 import sys
 import time
 import urllib.request
@@ -105,7 +108,7 @@ def cmd_settle(out, channel, secs, ports):
     deadline = start + float(secs)
     settled = {}  # port -> seconds until its first quick answer
     rounds = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
         while len(settled) < len(ports) and time.monotonic() < deadline:
             todo = [p for p in ports if p not in settled]
             answers = list(pool.map(lambda p: publish_once(p, channel), todo))
@@ -181,6 +184,33 @@ def net_counters():
     return out
 
 
+def redis_commands(port):
+    """Calls and CPU per command from Redis's INFO commandstats (inline protocol, one
+    request): how many presence writes (HSET/HDEL) and publishes (EVALSHA) it has served."""
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=HTTP_TIMEOUT_S) as s:
+            s.sendall(b"INFO commandstats\r\n")
+            buf = b""
+            while b"\r\n" not in buf:
+                buf += s.recv(65536)
+            head, rest = buf.split(b"\r\n", 1)
+            need = int(head[1:]) + 2
+            while len(rest) < need:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for line in rest.decode(errors="replace").splitlines():
+        if line.startswith("cmdstat_"):
+            name, fields = line[8:].split(":", 1)
+            f = dict(kv.split("=", 1) for kv in fields.split(","))
+            out[name] = {"calls": int(f["calls"]), "usec": int(f["usec"])}
+    return out
+
+
 def rss(pids):
     total = 0
     for pid in pids:
@@ -219,8 +249,9 @@ def pid_list(s):
     return [p for p in s.split(",") if p]
 
 
-def cmd_snapshot(out, engines, loadgens, redis):
-    write(out, {"at_unix_s": time.time(), "meminfo": meminfo(), "sockstat": sockstat(),
+def cmd_snapshot(out, engines, loadgens, redis, redis_port=""):
+    write(out, {"at_unix_s": time.time(),
+                "redis_commands": redis_commands(redis_port) if redis_port else None, "meminfo": meminfo(), "sockstat": sockstat(),
                 "socket_slab_bytes": slab_caches(), "net": net_counters(),
                 "rss": {"engines": rss(pid_list(engines)), "loadgens": rss(pid_list(loadgens)),
                         "redis": rss(pid_list(redis))},
@@ -282,6 +313,14 @@ def cmd_summary(run, out):
     stats = load(os.path.join(run, "held-stats.json"), {"engines": []})
     pub = load(os.path.join(run, "publish.json"))
     settle = load(os.path.join(run, "settle.json"))
+    settled = load(os.path.join(run, "settled.json"), {})
+
+    def redis_calls(snap, *names):
+        rc = (snap or {}).get("redis_commands")
+        return None if rc is None else sum(rc.get(n, {}).get("calls", 0) for n in names)
+
+    presence = {label: redis_calls(snap, "hset", "hdel")
+                for label, snap in (("before", before), ("held", held), ("settled", settled))}
     lg = load(os.path.join(run, "loadgen.json"))
     peak = load(os.path.join(run, "peaks.json"), {})
     n = p.get("target", 0)
@@ -367,6 +406,7 @@ def cmd_summary(run, out):
         "net_until_held": delta_map(before.get("net"), held.get("net")),
         "net_during_delivery": delta_map(held.get("net"), load(os.path.join(run, "delivered.json"), {}).get("net")),
         "bus_settle": settle,
+        "redis_presence_writes": presence,
         "publish": pub,
         "delivery": {
             "subscribed": sub.get("subscribed"), "reached": reached,
@@ -426,6 +466,10 @@ def cmd_summary(run, out):
     for label, key in (("net ramp", "net_until_held"), ("net publish+", "net_during_delivery")):
         if result[key]:
             lines.append(f"{label:<12} " + ", ".join(f"{k} {v:,}" for k, v in result[key].items()))
+    if presence.get("held") is not None:
+        lines.append(f"redis        presence writes (HSET/HDEL) served: {presence['before'] or 0:,} before, "
+                     f"{presence['held']:,} when all were subscribed, {presence['settled'] or 0:,} "
+                     f"after the settle (one per subscribe)")
     if settle:
         lines.append(f"bus settle   {settle['settled']} of {settle['nodes']} nodes answered a publish "
                      f"within {SETTLED_MS} ms after {settle['seconds']} s (what the ramp left queued "

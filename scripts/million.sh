@@ -50,7 +50,8 @@ USER_PER_CONN=1200
 usage() {
     cat <<EOF
 usage: scripts/million.sh [--target N] [--engines K] [--procs P] [--sources M] [--rate R]
-                          [--shards S] [--hold SECS] [--channel NAME] [--base-port PORT]
+                          [--shards S] [--settle SECS] [--hold SECS] [--channel NAME]
+                          [--base-port PORT]
                           [--mem-guard MIB] [--ping-interval T] [--profile density|throughput]
                           [--no-tune]
                           [--run-dir DIR] [--json FILE]
@@ -61,8 +62,10 @@ usage: scripts/million.sh [--target N] [--engines K] [--procs P] [--sources M] [
   --sources M      source addresses 127.0.0.1.. (default: one per $PER_SOURCE connections)
   --rate R         new connections per second, all processes together (default 10000)
   --shards S       shards per engine (default 1: the box has few cores, K engines already)
-  --hold SECS      most the load generator holds after its ramp (default 60); it stops as
-                   soon as every subscriber has the message
+  --settle SECS    most to wait, after the ramp, for the bus to work off what the ramp
+                   queued (default 180); the publish goes out then, settled or not
+  --hold SECS      most to wait for the deliveries after the publish (default 60); the load
+                   generator stops as soon as every subscriber has the message
   --channel NAME   the channel every connection subscribes to (default million)
   --base-port P    redis on P, engines on P+1..P+K, admin APIs on P+K+1..P+2K (default 9400;
                    must lie below the ephemeral port range)
@@ -83,7 +86,7 @@ refuse() {
 }
 
 TARGET=1000000 ENGINES="" PROCS="" SOURCES="" RATE=10000 SHARDS=1 HOLD=60 CHANNEL=million
-SETTLE_SECS=120 PING_INTERVAL=""
+SETTLE_SECS=180 PING_INTERVAL="" PROBE_PID=""
 BASE_PORT=9400 MEM_GUARD_MIB=1536 PROFILE=density TUNE=1 RUN_DIR="" JSON_OUT=""
 COMMAND="scripts/million.sh $*"
 while (($#)); do
@@ -93,7 +96,7 @@ while (($#)); do
             exit 0
             ;;
         --no-tune) TUNE=0 ;;
-        --target | --engines | --procs | --sources | --rate | --shards | --hold | --base-port | --mem-guard)
+        --target | --engines | --procs | --sources | --rate | --shards | --hold | --settle | --base-port | --mem-guard)
             (($# >= 2)) || refuse "$1 needs a value"
             [[ "$2" =~ ^[1-9][0-9]*$ ]] || refuse "$1 wants a positive whole number, got '$2'"
             case "$1" in
@@ -104,6 +107,7 @@ while (($#)); do
                 --rate) RATE=$2 ;;
                 --shards) SHARDS=$2 ;;
                 --hold) HOLD=$2 ;;
+                --settle) SETTLE_SECS=$2 ;;
                 --base-port) BASE_PORT=$2 ;;
                 --mem-guard) MEM_GUARD_MIB=$2 ;;
             esac
@@ -223,8 +227,9 @@ cleanup() {
         mapfile -t kids < <(loadgen_children_alive)
         ((${#kids[@]} == 0)) || stop TERM 5 "${kids[@]}"
     fi
+    [[ -z "$PROBE_PID" ]] || stop TERM 5 "$PROBE_PID"
     if ((${#ENGINE_PIDS[@]})); then
-        stop TERM 15 "${ENGINE_PIDS[@]}"
+        stop TERM 40 "${ENGINE_PIDS[@]}"
     fi
     [[ -z "$REDIS_PID" ]] || stop TERM 10 "$REDIS_PID"
     exit "$rc"
@@ -359,7 +364,8 @@ snapshot() {
     record_loadgen_children
     local lg=()
     [[ -z "$LOADGEN_PID" ]] || lg=("$LOADGEN_PID" "${LOADGEN_CHILDREN[@]}")
-    python3 "$HELPER" snapshot "$1" "$(join "${ENGINE_PIDS[@]}")" "$(join "${lg[@]}")" "$REDIS_PID"
+    python3 "$HELPER" snapshot "$1" "$(join "${ENGINE_PIDS[@]}")" "$(join "${lg[@]}")" "$REDIS_PID" \
+        "${REDIS_PID:+$REDIS_PORT}"
 }
 engines_alive() {
     local i
@@ -374,21 +380,33 @@ snapshot "$RUN_DIR/before.json"
 
 LG_ARGS=(connect "ws://127.0.0.1:$WS_FIRST-$WS_LAST/" --connections "$TARGET" --procs "$PROCS"
     --threads 1 --source "$SOURCE_SPEC" --rate "$RATE" --subscribe "$CHANNEL" --count 1
-    --duration "${HOLD}s" --timeout 30s --json "$RUN_DIR/loadgen.json" --no-progress)
+    --duration "$((SETTLE_SECS + HOLD + 30))s" --timeout 30s --json "$RUN_DIR/loadgen.json" --no-progress)
 say "5. ramp: starling-loadgen ${LG_ARGS[*]}"
 RAMP_START=$SECONDS
 "$LOADGEN" "${LG_ARGS[@]}" </dev/null >"$RUN_DIR/loadgen.txt" 2>"$RUN_DIR/loadgen.err" &
 LOADGEN_PID=$!
 
-# Bounded: the paced ramp, the connect timeout, a minute of slack.
+# Bounded: the paced ramp, the connect timeout, a minute of slack. The engines' counters are
+# read by a probe in the background (53 HTTP requests take seconds on a saturated box), the
+# memory guard every second regardless.
 RAMP_BUDGET=$((TARGET / RATE + 90))
 STALL_SECS=20
 MEM_MIN="$(mem_available)"
+open=0 subs=0 answered=0 probes=0 PROBE_PID=""
 last_subs=-1 last_change=$SECONDS last_print=-10 STOPPED_BECAUSE=""
 printf 'elapsed_s,open,subscribed,mem_available_mib\n' >"$RUN_DIR/ramp.csv"
 while :; do
-    read -r open subs answered < <(python3 "$HELPER" stats "$RUN_DIR/ramp-stats.json" "${API_PORTS[@]}") ||
-        open=0 subs=0 answered=0
+    if [[ -n "$PROBE_PID" ]] && ! alive "$PROBE_PID"; then
+        wait "$PROBE_PID" 2>/dev/null || true
+        PROBE_PID=""
+        read -r open subs answered <"$RUN_DIR/ramp-probe.out" || true
+        probes=$((probes + 1))
+        if ((subs != last_subs)); then last_subs=$subs last_change=$SECONDS; fi
+    fi
+    if [[ -z "$PROBE_PID" ]]; then
+        python3 "$HELPER" stats "$RUN_DIR/ramp-stats.json" "${API_PORTS[@]}" >"$RUN_DIR/ramp-probe.out" &
+        PROBE_PID=$!
+    fi
     avail="$(mem_available)"
     ((avail < MEM_MIN)) && MEM_MIN=$avail
     elapsed=$((SECONDS - RAMP_START))
@@ -414,9 +432,7 @@ while :; do
         STOPPED_BECAUSE="ABORTED: the load generator exited during the ramp: $(tail -2 "$RUN_DIR/loadgen.err" 2>/dev/null)"
         break
     fi
-    if ((subs != last_subs)); then
-        last_subs=$subs last_change=$SECONDS
-    elif ((subs > 0 && SECONDS - last_change >= STALL_SECS)); then
+    if ((subs > 0 && probes >= 3 && SECONDS - last_change >= STALL_SECS)); then
         STOPPED_BECAUSE="stalled at $subs for ${STALL_SECS}s: publishing to those"
         break
     fi
@@ -426,6 +442,10 @@ while :; do
     fi
     sleep 1
 done
+if [[ -n "$PROBE_PID" ]]; then
+    stop TERM 10 "$PROBE_PID"
+    PROBE_PID=""
+fi
 RAMP_S=$((SECONDS - RAMP_START))
 say "   ramp over after ${RAMP_S}s: $STOPPED_BECAUSE"
 
@@ -478,6 +498,7 @@ if [[ -n "$BUS" ]]; then
     read -r SETTLE_S SETTLED _ < <(python3 "$HELPER" settle "$RUN_DIR/settle.json" \
         "$CHANNEL.probe" "$SETTLE_SECS" "${API_PORTS[@]}") || SETTLE_S="?" SETTLED=0
     say "   bus settled on $SETTLED of $ENGINES nodes after ${SETTLE_S}s (a publish answered within 250 ms)"
+    snapshot "$RUN_DIR/settled.json"
 fi
 say "6. publish on ${#PUBLISH_PORTS[@]} node(s): $PUBLISH_VIA"
 read -r PUB_T PUB_OK < <(python3 "$HELPER" publish "$RUN_DIR/publish.json" "$CHANNEL" "${PUBLISH_PORTS[@]}")
@@ -516,7 +537,9 @@ mapfile -t kids < <(loadgen_children_alive)
 # ---- 7. teardown and summary -------------------------------------------------------------------
 
 say "7. teardown: $ENGINES engines${REDIS_PID:+, redis} (pid $LOADGEN_PID_DONE and its children are gone)"
-stop TERM 15 "${ENGINE_PIDS[@]}"
+# An engine drains in 5 s (--drain-timeout); with the bus it then sends what it still owes
+# Redis (a presence write per connection that left), which takes a while at this scale.
+stop TERM 40 "${ENGINE_PIDS[@]}"
 ENGINE_PIDS=()
 if [[ -n "$REDIS_PID" ]]; then
     stop TERM 10 "$REDIS_PID"
