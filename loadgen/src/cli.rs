@@ -12,6 +12,8 @@ use clap::{Parser, ValueEnum};
 pub enum Scenario {
     /// Open N connections (at --rate, or as fast as --concurrency allows), hold them for
     /// --duration: time to N, handshake latency, failures by cause, memory per connection.
+    /// With --subscribe, every connection also subscribes to one hub channel and the run
+    /// counts what is published to it while they are held.
     Connect,
     /// Closed loop: each connection keeps --depth messages of --size bytes in flight (or,
     /// with --rate, an open loop at that total rate); messages/s and round-trip latency.
@@ -58,6 +60,7 @@ Examples:
   starling-loadgen fanout ws://127.0.0.1:9001/ --mode hub --channels 4 -c 200 --publishers 2
   starling-loadgen connect ws://127.0.0.1:9001/ --connections 19000 --rate 5000/s --server-pid 1234
   starling-loadgen connect ws://127.0.0.1:9001-9004/ --connections 60000 --procs 4
+  starling-loadgen connect ws://127.0.0.1:9001/ -c 10000 --subscribe news --count 1 --duration 60s
   starling-loadgen churn ws://127.0.0.1:9001/ --rate 2000/s --duration 5s
   starling-loadgen capacity ws://127.0.0.1:9001/ --connections 10000 --step 1000 --p99 10ms
 
@@ -114,9 +117,18 @@ pub struct Args {
     #[arg(long, value_name = "K")]
     pub channels: Option<u32>,
 
-    /// Stop after this many messages (echo: received; fanout: published) or cycles (churn).
+    /// Stop after this many messages (echo: received; fanout: published) or cycles (churn);
+    /// connect --subscribe: end the hold once every subscriber has received this many
+    /// deliveries.
     #[arg(long)]
     pub count: Option<u64>,
+
+    /// connect: subscribe every connection to CHANNEL of `starling serve --app hub` right
+    /// after its 101 (open once the server says ok), hold them, and count what arrives:
+    /// deliveries, their sequence, and the latency from a `"t"` (CLOCK_MONOTONIC ns) in the
+    /// data, when there is one. Someone else publishes (e.g. the admin API's POST /publish).
+    #[arg(long, value_name = "CHANNEL")]
+    pub subscribe: Option<String>,
 
     /// Event-loop threads per process (default: the cores this process may run on).
     #[arg(long)]

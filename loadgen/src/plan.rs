@@ -58,6 +58,8 @@ pub struct Plan {
     pub mode: Mode,
     /// Hub fanout: channels (1 in raw mode: a broadcast server is one channel).
     pub channels: u32,
+    /// connect --subscribe: the hub channel every connection subscribes to.
+    pub subscribe: Option<String>,
     /// Scenario rate per second (see `--rate`), all processes together.
     pub rate: Option<f64>,
     /// Measured phase (connect: hold time).
@@ -178,8 +180,24 @@ impl Plan {
         if depth == 0 {
             return Err("--depth must be at least 1".into());
         }
-        if a.count.is_some() && !matches!(s, Scenario::Echo | Scenario::Fanout | Scenario::Churn) {
-            return Err("--count applies to echo, fanout and churn".into());
+        if let Some(ch) = &a.subscribe {
+            if s != Scenario::Connect {
+                return Err("--subscribe applies to connect only (fanout has --mode hub)".into());
+            }
+            if !starling::hub::wire::valid_channel(ch) {
+                return Err(format!(
+                    "--subscribe `{ch}` is not a channel name: 1-{} of A-Z a-z 0-9 _ . : / @ -",
+                    starling::hub::wire::MAX_CHANNEL_LEN
+                ));
+            }
+        }
+        let counts = matches!(s, Scenario::Echo | Scenario::Fanout | Scenario::Churn)
+            || a.subscribe.is_some();
+        if a.count.is_some() && !counts {
+            return Err("--count applies to echo, fanout, churn and connect --subscribe".into());
+        }
+        if a.count == Some(0) && a.subscribe.is_some() {
+            return Err("--count must be at least 1".into());
         }
         if a.procs == 0 {
             return Err("--procs must be at least 1".into());
@@ -234,6 +252,7 @@ impl Plan {
             publishers,
             mode: a.mode,
             channels,
+            subscribe: a.subscribe.clone(),
             rate: a.rate,
             duration: a.duration.unwrap_or(Duration::from_secs(10)),
             depth,
@@ -490,6 +509,51 @@ mod tests {
                     "4",
                 ],
                 "every channel",
+            ),
+        ] {
+            let e = plan(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn connect_subscribe() {
+        let p = plan(&[
+            "connect",
+            "ws://127.0.0.1:9/",
+            "--subscribe",
+            "room:1/news",
+            "--count",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            (p.subscribe.as_deref(), p.count, p.mode),
+            (Some("room:1/news"), Some(2), Mode::Raw)
+        );
+        for (args, needle) in [
+            (
+                &["fanout", "ws://127.0.0.1:9/", "--subscribe", "x"][..],
+                "connect only",
+            ),
+            (
+                &["connect", "ws://127.0.0.1:9/", "--subscribe", "a b"],
+                "not a channel name",
+            ),
+            (
+                &["connect", "ws://127.0.0.1:9/", "--count", "3"],
+                "--subscribe",
+            ),
+            (
+                &[
+                    "connect",
+                    "ws://127.0.0.1:9/",
+                    "--subscribe",
+                    "x",
+                    "--count",
+                    "0",
+                ],
+                "at least 1",
             ),
         ] {
             let e = plan(args).unwrap_err();

@@ -296,6 +296,8 @@ fn spec_for(plan: &Plan, t: usize, threads: usize, conns: (u64, u64), pubs: (u64
     let count = plan.count.map(|n| match plan.scenario {
         Scenario::Echo => range_share(n, plan.connections, conns.0 + cs, cc),
         Scenario::Fanout => range_share(n, plan.publishers, pubs.0 + ps, pc),
+        // connect --subscribe: deliveries each subscriber waits for, not a total.
+        Scenario::Connect => n,
         _ => share(n, pn * tn, global_thread).1,
     });
     let open_rate = match plan.scenario {

@@ -180,6 +180,10 @@ pub struct Counters {
     pub hub_publish_errors: u64,
     /// Hub fanout: subscribes answered with an error (or without a sequence number).
     pub hub_subscribe_errors: u64,
+    /// connect --subscribe: subscribes answered `ok` with a sequence number.
+    pub watchers_subscribed: u64,
+    /// connect --subscribe: subscribers that have heard `--count` deliveries (default 1).
+    pub watchers_reached: u64,
     /// Hub fanout, checked on each publisher's own numbers: skipped.
     pub hub_pub_gaps: u64,
     /// Hub fanout, on each publisher's own numbers: received twice.
@@ -229,6 +233,8 @@ impl Counters {
             hub_acks,
             hub_publish_errors,
             hub_subscribe_errors,
+            watchers_subscribed,
+            watchers_reached,
             hub_pub_gaps,
             hub_pub_duplicates,
             hub_pub_reordered,

@@ -388,6 +388,66 @@ def main():
             eq("server subscriptions left", after["hub_subscriptions"], 0)
         c.case("starling hub fanout --mode hub (2 shards, 4 channels)", fanout_hub)
 
+        def connect_subscribe():
+            # 100 listeners on one channel; once the server counts them all, one publish
+            # through the admin API carrying its CLOCK_MONOTONIC send time. Every listener
+            # must get it, in sequence and timed from it, and the hold must end by itself
+            # (long before its 20 s) once the last one has it.
+            out = os.path.join(c.tmp, "listen.json")
+            argv = [c.loadgen, "connect", s.url(), "-c", "100", "--procs", "2", "--threads", "1",
+                    "--subscribe", "room:7/news", "--count", "1", "--duration", "20s",
+                    "--json", out, "--no-progress"]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + READY_TIMEOUT_S
+                while server_totals(s)["hub_subscriptions"] < 100:
+                    if time.monotonic() > deadline or p.poll() is not None:
+                        raise AssertionError(f"listeners not subscribed: {server_totals(s)}")
+                    time.sleep(0.05)
+                t = time.monotonic_ns()
+                body = json.dumps({"channel": "room:7/news", "data": {"t": t}}).encode()
+                req = urllib.request.Request(f"http://127.0.0.1:{s.api}/publish", data=body)
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    eq("publish ok", json.load(r)["ok"], True)
+                stdout, stderr = p.communicate(timeout=RUN_TIMEOUT_S)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            if p.returncode != 0:
+                raise AssertionError(f"exit {p.returncode}\nstdout: {stdout[-1500:]}\n"
+                                     f"stderr: {stderr[-800:]}")
+            with open(out) as f:
+                r = json.load(f)
+            clean(r, 100)
+            l = r["subscribe"]
+            eq("channel", l["channel"], "room:7/news")
+            for k, want in (("subscribed", 100), ("refused", 0), ("wanted", 1), ("reached", 100),
+                            ("deliveries", 100), ("timed", 100), ("gaps", 0), ("duplicates", 0),
+                            ("reordered", 0), ("foreign", 0)):
+                eq(f"subscribe.{k}", l[k], want)
+            eq("latency samples", r["latency_us"]["count"], 100)
+            at_least("latency max", r["latency_us"]["max"], 1)
+            if r["latency_us"]["max"] > 10e6 or r["duration_s"] > 15:
+                raise AssertionError(f"the hold did not end with the last delivery: {r['timing']}")
+            # The listeners closed: their subscriptions go with them (counters lag ~250 ms).
+            deadline = time.monotonic() + 10
+            while (t := server_totals(s))["hub_subscriptions"] or t["open"]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"subscriptions left behind: {t}")
+                time.sleep(0.1)
+        c.case("connect --subscribe: one admin publish reaches every listener", connect_subscribe)
+
+        def connect_subscribe_unreached():
+            # Nobody publishes: --count 1 is not met when the hold runs out, so the run fails.
+            r, _ = c.run(["connect", s.url(), "-c", "10", "--subscribe", "quiet", "--count", "1",
+                          "--duration", "1s"], expect_exit=1)
+            eq("ok", r["ok"], False)
+            eq("subscribed", r["subscribe"]["subscribed"], 10)
+            eq("reached", r["subscribe"]["reached"], 0)
+            eq("errors", r["errors"], 0)
+        c.case("connect --subscribe: --count not reached fails the run", connect_subscribe_unreached)
+
         def hub_mode_refusals():
             # Raw stamps to a hub: each binary message is refused (1003) and the run fails,
             # rather than measuring nothing and passing.

@@ -77,6 +77,9 @@ pub enum Part {
     Publisher(u32),
     /// Just holds the connection (connect) or runs one cycle (churn).
     Hold,
+    /// connect --subscribe: holds the connection subscribed to the one hub channel and
+    /// counts what is published to it.
+    Listener,
 }
 
 /// Per-thread state a connection borrows while it handles an event.
@@ -148,7 +151,8 @@ pub struct Conn {
     seqs: Vec<SeqTrack>,
     /// Hub subscriber: its channel and the server's sequence on it.
     pub sub: Subscription,
-    /// Rate-driven sender: next sequence number (publisher) / messages sent.
+    /// Rate-driven sender: next sequence number (publisher) / messages sent. Listener:
+    /// deliveries heard.
     pub seq: u64,
     /// Rate-driven sender: intended time of the next message.
     pub next_ns: u64,
@@ -330,7 +334,7 @@ impl Conn {
             }
             Ok(Some((_resp, consumed))) => {
                 self.state = State::Open;
-                if self.part == Part::Subscriber {
+                if matches!(self.part, Part::Subscriber | Part::Listener) {
                     self.queue_subscribe(io);
                 }
                 let s = &mut io.stats;
@@ -373,6 +377,7 @@ impl Conn {
             state,
             part,
             close_ns,
+            seq,
             ..
         } = self;
         let Io {
@@ -410,6 +415,19 @@ impl Conn {
                                 *state = State::Open;
                             }
                         }
+                        (Part::Listener, Some(hub)) => {
+                            let pending = *state == State::Subscribing;
+                            let mut rx = Rx {
+                                stats,
+                                interval,
+                                now,
+                                measuring: *measuring,
+                                hub,
+                            };
+                            if sub.on_watched(p, pending, seq, &mut rx) {
+                                *state = State::Open;
+                            }
+                        }
                         (Part::Publisher(_), Some(_)) => on_publisher_message(p, stats),
                         (Part::Echo, _) => {
                             if !same(p, payload) || !inflight.take(now, interval) {
@@ -437,7 +455,7 @@ impl Conn {
                             }
                             _ => stats.c.foreign += 1,
                         },
-                        (Part::Publisher(_) | Part::Hold, _) => {}
+                        (Part::Publisher(_) | Part::Hold | Part::Listener, _) => {}
                     }
                 }
                 Event::Ping(p) => {

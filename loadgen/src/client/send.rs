@@ -108,8 +108,8 @@ impl Conn {
         channel
     }
 
-    /// Hub subscriber, just upgraded: queues the subscribe to its channel and waits for the
-    /// reply in `Subscribing`. Nothing in raw mode.
+    /// Hub subscriber or listener, just upgraded: queues the subscribe to its channel and
+    /// waits for the reply in `Subscribing`. Nothing in raw mode.
     pub(super) fn queue_subscribe(&mut self, io: &mut Io) {
         let Some(hub) = &mut io.hub else {
             return;

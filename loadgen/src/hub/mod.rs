@@ -215,6 +215,30 @@ fn fast_stamp(data: &[u8]) -> Option<Heard> {
     })
 }
 
+/// The `"t"` of a delivery's data: a fanout stamp's intended time, or what whoever publishes
+/// to a `connect --subscribe` channel puts there (CLOCK_MONOTONIC ns, the clock this whole
+/// machine shares). `None` unless `msg` is an object whose `data` is an object with an
+/// unsigned integer `t`.
+pub fn data_time(msg: &[u8]) -> Option<u64> {
+    let mut data = None;
+    if !scan::for_each_member(msg, |k, v| {
+        if k == b"data" {
+            data = Some(v);
+        }
+    }) {
+        return None;
+    }
+    let mut t = None;
+    if !scan::for_each_member(data?, |k, v| {
+        if k == b"t" {
+            t = Some(v);
+        }
+    }) {
+        return None;
+    }
+    scan::uint(t?)
+}
+
 /// Any member order and whitespace.
 fn read_general(msg: &[u8]) -> Inbound<'_> {
     let (mut ch, mut seq, mut data, mut id, mut ok) = (None, None, None, None, None);

@@ -10,6 +10,11 @@
 //! channels, see [`super::publisher_slot`]): a server that numbered messages in another
 //! order than it received them from one publisher shows up there (`hub_pub_*`). Latency
 //! runs from the stamp's intended send time.
+//!
+//! A `connect --subscribe` connection ([`Subscription::on_watched`]) only listens: nobody
+//! in the run publishes, so there is no stamp to check, only the server's `seq`, the
+//! channel, and a `"t"` in the data to time the delivery from when the publisher put one
+//! there.
 
 use hdrhistogram::Histogram;
 
@@ -27,6 +32,9 @@ pub struct HubIo {
     pub cmd: Vec<u8>,
     /// `--size`: the stamp's length.
     pub size: usize,
+    /// connect --subscribe: deliveries each subscriber waits for (`--count`, default 1);
+    /// 0 in fanout.
+    pub want: u64,
 }
 
 impl HubIo {
@@ -38,6 +46,18 @@ impl HubIo {
                 .collect(),
             cmd: Vec::with_capacity(size + 128),
             size,
+            want: 0,
+        }
+    }
+
+    /// connect --subscribe: the one channel `name`; a subscriber is reached once it has
+    /// heard `want` deliveries.
+    pub fn watch(name: &str, want: u64) -> HubIo {
+        HubIo {
+            names: vec![name.as_bytes().into()],
+            cmd: Vec::with_capacity(name.len() + 64),
+            size: 0,
+            want,
         }
     }
 
@@ -94,13 +114,7 @@ impl Subscription {
         let c = &mut rx.stats.c;
         match super::read(msg) {
             Inbound::Reply { ok, seq, .. } if pending => {
-                match (ok, seq) {
-                    (true, Some(seq)) => {
-                        self.live = true;
-                        self.seq = SeqTrack::starting_at(seq + 1);
-                    }
-                    _ => c.hub_subscribe_errors += 1,
-                }
+                self.on_reply(ok, seq, c);
                 true
             }
             Inbound::Delivery {
@@ -146,6 +160,69 @@ impl Subscription {
                 c.foreign += 1;
                 false
             }
+        }
+    }
+
+    /// connect --subscribe: one message on a listening connection; returns whether it was
+    /// the subscribe reply, as [`Self::on_message`] does. A delivery on the channel is
+    /// counted, its `seq` checked to run on from the reply's, and timed from the `"t"` in its
+    /// data when there is one ([`super::data_time`]). `heard` is the connection's own count
+    /// of deliveries; the one that brings it to `want` counts the subscriber as reached.
+    pub fn on_watched(
+        &mut self,
+        msg: &[u8],
+        pending: bool,
+        heard: &mut u64,
+        rx: &mut Rx<'_>,
+    ) -> bool {
+        let c = &mut rx.stats.c;
+        match super::read(msg) {
+            Inbound::Reply { ok, seq, .. } if pending => {
+                self.on_reply(ok, seq, c);
+                if self.live {
+                    c.watchers_subscribed += 1;
+                }
+                true
+            }
+            Inbound::Delivery { channel, seq, .. } if self.live => {
+                if *channel != *rx.hub.names[self.channel as usize] {
+                    c.mismatches += 1;
+                    return false;
+                }
+                c.deliveries += 1;
+                if rx.measuring {
+                    c.measured_deliveries += 1;
+                }
+                Tally {
+                    gaps: &mut c.gaps,
+                    duplicates: &mut c.duplicates,
+                    reordered: &mut c.reordered,
+                }
+                .count(self.seq.arrive(seq));
+                *heard += 1;
+                if *heard == rx.hub.want {
+                    c.watchers_reached += 1;
+                }
+                if let Some(t) = super::data_time(msg) {
+                    record(rx.interval, rx.now.saturating_sub(t), 1);
+                }
+                false
+            }
+            _ => {
+                c.foreign += 1;
+                false
+            }
+        }
+    }
+
+    /// The answer to our subscribe: live from the sequence number it gives, or refused.
+    fn on_reply(&mut self, ok: bool, seq: Option<u64>, c: &mut crate::stats::Counters) {
+        match (ok, seq) {
+            (true, Some(seq)) => {
+                self.live = true;
+                self.seq = SeqTrack::starting_at(seq + 1);
+            }
+            _ => c.hub_subscribe_errors += 1,
         }
     }
 }
@@ -265,6 +342,90 @@ mod tests {
         // A delivery of a message that was published to another channel.
         t.deliver(6, 0, 1);
         assert_eq!(t.stats.c.mismatches, 1);
+    }
+
+    #[test]
+    fn a_listener_counts_times_and_checks_what_arrives() {
+        let mut stats = Stats::default();
+        let mut interval = new_histogram();
+        let hub = HubIo::watch("room:1", 2);
+        let mut sub = Subscription::new(0);
+        let mut heard = 0;
+        let mut feed = |sub: &mut Subscription, msg: &str, pending: bool, heard: &mut u64| {
+            let mut rx = Rx {
+                stats: &mut stats,
+                interval: &mut interval,
+                now: 1_000_000,
+                measuring: true,
+                hub: &hub,
+            };
+            sub.on_watched(msg.as_bytes(), pending, heard, &mut rx)
+        };
+        // Before the reply nothing is ours; the reply makes it live from seq 7.
+        assert!(!feed(
+            &mut sub,
+            r#"{"ch":"room:1","seq":7,"data":1}"#,
+            false,
+            &mut heard
+        ));
+        assert!(feed(
+            &mut sub,
+            r#"{"id":0,"ok":true,"seq":7}"#,
+            true,
+            &mut heard
+        ));
+        assert!(sub.live);
+        // Timed from "t" when there is one, counted either way.
+        assert!(!feed(
+            &mut sub,
+            r#"{"ch":"room:1","seq":8,"data":{"t":400000}}"#,
+            false,
+            &mut heard
+        ));
+        assert!(!feed(
+            &mut sub,
+            r#"{"ch":"room:1","seq":10,"data":"hi"}"#,
+            false,
+            &mut heard
+        ));
+        // Another channel's delivery is a mismatch and not heard.
+        assert!(!feed(
+            &mut sub,
+            r#"{"ch":"room:2","seq":11,"data":{"t":1}}"#,
+            false,
+            &mut heard
+        ));
+        let c = &stats.c;
+        assert_eq!(
+            (
+                c.watchers_subscribed,
+                c.deliveries,
+                c.watchers_reached,
+                heard
+            ),
+            (1, 2, 1, 2)
+        );
+        assert_eq!(
+            (c.gaps, c.duplicates, c.mismatches, c.foreign),
+            (1, 0, 1, 1)
+        );
+        assert_eq!(interval.len(), 1);
+        assert!(interval.equivalent(interval.max(), 600_000));
+        // A refusal is counted and leaves it not live.
+        let mut refused = Subscription::new(0);
+        let mut rx = Rx {
+            stats: &mut stats,
+            interval: &mut interval,
+            now: 0,
+            measuring: false,
+            hub: &hub,
+        };
+        assert!(refused.on_watched(br#"{"id":0,"ok":false,"error":{}}"#, true, &mut 0, &mut rx));
+        assert!(!refused.live);
+        assert_eq!(
+            (stats.c.hub_subscribe_errors, stats.c.watchers_subscribed),
+            (1, 1)
+        );
     }
 
     #[test]

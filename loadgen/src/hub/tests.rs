@@ -317,3 +317,30 @@ fn publishers_take_turns_over_the_channels() {
     assert_eq!(publisher_slot(5, 9, 0, 1), Some(9));
     assert_eq!(channel_name(3), "bench.3");
 }
+
+#[test]
+fn the_time_in_a_deliverys_data() {
+    for (msg, want) in [
+        (r#"{"ch":"news","seq":1,"data":{"t":123}}"#, Some(123)),
+        (
+            r#"{"ch":"news","seq":1,"data":{"x":[1,{"t":5}], "t" : 77 }}"#,
+            Some(77),
+        ),
+        (
+            r#"{"data":{"p":0,"n":0,"t":9,"s":9,"pad":""},"seq":3,"ch":"a"}"#,
+            Some(9),
+        ),
+        (r#"{"ch":"news","seq":1,"data":{"t":-1}}"#, None),
+        (r#"{"ch":"news","seq":1,"data":{"t":"5"}}"#, None),
+        (r#"{"ch":"news","seq":1,"data":5}"#, None),
+        (r#"{"ch":"news","seq":1,"data":{"u":5}}"#, None),
+        (r#"{"ch":"news","seq":1}"#, None),
+        (r#"{"ch":"news","seq":1,"data":{"t":5}"#, None),
+    ] {
+        assert_eq!(data_time(msg.as_bytes()), want, "{msg}");
+        // Against the reference: serde_json's reading of the same message.
+        let v: Option<Value> = serde_json::from_str(msg).ok();
+        let reference = v.as_ref().and_then(|v| v["data"]["t"].as_u64());
+        assert_eq!(data_time(msg.as_bytes()), reference, "{msg}");
+    }
+}

@@ -114,6 +114,33 @@ pub struct Hub {
     pub subscribers_per_channel: (u64, u64),
 }
 
+/// connect --subscribe: who subscribed and what reached them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listen {
+    /// The channel.
+    pub channel: String,
+    /// Subscribes answered `ok`.
+    pub subscribed: u64,
+    /// Subscribes refused.
+    pub refused: u64,
+    /// Deliveries each subscriber waited for (`--count`; 1 without it).
+    pub wanted: u64,
+    /// Subscribers that heard that many.
+    pub reached: u64,
+    /// Deliveries on the channel, all subscribers together.
+    pub deliveries: u64,
+    /// Deliveries timed from a `"t"` in their data (the samples of `latency_us`).
+    pub timed: u64,
+    /// Server sequence numbers skipped (against each subscribe reply's).
+    pub gaps: u64,
+    /// Received twice.
+    pub duplicates: u64,
+    /// Received after a later one.
+    pub reordered: u64,
+    /// Messages that were neither a delivery of the channel nor the reply.
+    pub foreign: u64,
+}
+
 /// System calls made by the event loops.
 #[derive(Debug, Clone, Serialize)]
 pub struct Syscalls {
@@ -214,7 +241,7 @@ pub struct Report {
     /// Wire bytes read.
     pub bytes_received: u64,
     /// Echo: round trip. Fanout: publish to receive. Rate-driven modes measure from the
-    /// intended send time.
+    /// intended send time. connect --subscribe: from the `"t"` in each delivery's data.
     pub latency_us: Percentiles,
     /// Whether `latency_us` is corrected for coordinated omission.
     pub latency_from_intended_time: bool,
@@ -256,6 +283,10 @@ pub struct Report {
     /// Hub fanout: acknowledgements, refusals, per-publisher order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<Hub>,
+    /// connect --subscribe: subscriptions and deliveries (their latency is `latency_us`,
+    /// from the `"t"` in the data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Listen>,
     /// Churn: cycles completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cycles: Option<u64>,
@@ -302,7 +333,21 @@ impl Report {
         let measure = out.timing.measure_s.max(1e-9);
         let fanout = plan.scenario == Scenario::Fanout;
         let churn = plan.scenario == Scenario::Churn;
-        let rate_driven = plan.rate.is_some() || plan.scenario == Scenario::Capacity;
+        let listen = plan.subscribe.as_ref().map(|ch| Listen {
+            channel: ch.clone(),
+            subscribed: c.watchers_subscribed,
+            refused: c.hub_subscribe_errors,
+            wanted: plan.count.unwrap_or(1),
+            reached: c.watchers_reached,
+            deliveries: c.deliveries,
+            timed: s.latency.len(),
+            gaps: c.gaps,
+            duplicates: c.duplicates,
+            reordered: c.reordered,
+            foreign: c.foreign,
+        });
+        let rate_driven =
+            listen.is_none() && (plan.rate.is_some() || plan.scenario == Scenario::Capacity);
         let hub_mode = fanout && plan.mode == Mode::Hub;
         let expected = if hub_mode {
             s.channels.expected()
@@ -340,11 +385,18 @@ impl Report {
                 && h.publisher_gaps + h.publisher_duplicates + h.publisher_reordered == 0
                 && c.foreign == 0
         });
+        // Listening: every message in order and understood; with --count, also every
+        // subscriber reached (without it, nothing published is no failure).
+        let listen_ok = listen.as_ref().is_none_or(|l| {
+            l.gaps + l.duplicates + l.reordered + l.foreign == 0
+                && (plan.count.is_none() || l.reached == l.subscribed)
+        });
         let ok = errors == 0
             && !out.interrupted
             && c.handshakes > 0
             && (!fanout || (c.gaps == 0 && c.duplicates == 0 && c.reordered == 0 && missing == 0))
-            && hub_ok;
+            && hub_ok
+            && listen_ok;
         let mut histograms = BTreeMap::new();
         histograms.insert("latency".to_owned(), hist_to_b64(&s.latency));
         histograms.insert("handshake".to_owned(), hist_to_b64(&s.handshake));
@@ -392,7 +444,7 @@ impl Report {
                 mismatches: c.mismatches,
                 closed_by_server: c.closed_by_server,
                 dropped: c.dropped,
-                hub_errors: hub_mode.then(|| s.hub_errors()),
+                hub_errors: (hub_mode || listen.is_some()).then(|| s.hub_errors()),
             },
             time_to_n_s: out.timing.time_to_n_s,
             handshakes_per_sec,
@@ -427,6 +479,7 @@ impl Report {
                 (cpu.user_s + cpu.system_s) * 1e9 / c.measured_deliveries as f64
             }),
             hub,
+            subscribe: listen,
             cycles: some_if(churn, c.cycles),
             cycles_per_sec: churn.then(|| c.cycles as f64 / measure),
             teardown_latency_us: churn.then(|| Percentiles::of(&s.teardown)),

@@ -75,6 +75,8 @@ impl Report {
                 us(l.max),
                 if self.latency_from_intended_time {
                     "  (from intended send time)"
+                } else if self.subscribe.is_some() {
+                    "  (from the \"t\" in the data)"
                 } else {
                     ""
                 }
@@ -109,6 +111,24 @@ impl Report {
                 h.publisher_duplicates,
                 h.publisher_reordered,
                 self.foreign.unwrap_or(0)
+            );
+        }
+        if let Some(l) = &self.subscribe {
+            let _ = writeln!(
+                w,
+                "  subscribe    {}: {} subscribed, {} refused; {} heard {} deliver{} each; {} deliveries ({} timed), gaps {} duplicates {} reordered {} foreign {}",
+                l.channel,
+                l.subscribed,
+                l.refused,
+                l.reached,
+                l.wanted,
+                if l.wanted == 1 { "y" } else { "ies" },
+                l.deliveries,
+                l.timed,
+                l.gaps,
+                l.duplicates,
+                l.reordered,
+                l.foreign
             );
         }
         if let Some(ns) = self.cpu_ns_per_delivery {

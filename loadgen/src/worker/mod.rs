@@ -140,7 +140,11 @@ pub fn run(
             frames: FrameBatch::new(opcode, &payload),
             payload,
             publishers: plan.publishers as u32,
-            hub: (plan.mode == Mode::Hub).then(|| HubIo::new(plan.channels, plan.size)),
+            hub: match (&plan.subscribe, plan.mode) {
+                (Some(ch), _) => Some(HubIo::watch(ch, plan.count.unwrap_or(1))),
+                (None, Mode::Hub) => Some(HubIo::new(plan.channels, plan.size)),
+                (None, Mode::Raw) => None,
+            },
             max_message: plan.max_message,
             nodelay: matches!(
                 plan.scenario,
@@ -465,6 +469,11 @@ impl Worker<'_> {
                 Scenario::Echo => c.messages_received >= n,
                 Scenario::Fanout => self.spec.pubs.1 == 0 || c.published >= n,
                 Scenario::Churn => c.cycles >= n,
+                // Every subscriber has heard its --count (`n` is per subscriber here).
+                Scenario::Connect => {
+                    self.gauge().ramp_done.load(Relaxed)
+                        && c.watchers_reached >= c.watchers_subscribed
+                }
                 _ => false,
             };
             g.count_done.store(done, Relaxed);

@@ -64,6 +64,7 @@ impl Worker<'_> {
                 None => now,
             };
             let part = match self.plan.scenario {
+                Scenario::Connect if self.plan.subscribe.is_some() => Part::Listener,
                 Scenario::Connect | Scenario::Churn => Part::Hold,
                 Scenario::Echo | Scenario::Capacity => Part::Echo,
                 Scenario::Fanout => Part::Subscriber,
