@@ -123,20 +123,10 @@ impl Subscription {
                 stamp,
                 data_len,
             } if self.live => {
-                if *channel != *rx.hub.names[self.channel as usize] {
-                    c.mismatches += 1;
+                if !self.count_delivery(channel, seq, rx) {
                     return false;
                 }
-                c.deliveries += 1;
-                if rx.measuring {
-                    c.measured_deliveries += 1;
-                }
-                Tally {
-                    gaps: &mut c.gaps,
-                    duplicates: &mut c.duplicates,
-                    reordered: &mut c.reordered,
-                }
-                .count(self.seq.arrive(seq));
+                let c = &mut rx.stats.c;
                 let Some(s) = stamp.filter(|s| s.sized(data_len, rx.hub.size)) else {
                     c.mismatches += 1;
                     return false;
@@ -185,20 +175,10 @@ impl Subscription {
                 true
             }
             Inbound::Delivery { channel, seq, .. } if self.live => {
-                if *channel != *rx.hub.names[self.channel as usize] {
-                    c.mismatches += 1;
+                if !self.count_delivery(channel, seq, rx) {
                     return false;
                 }
-                c.deliveries += 1;
-                if rx.measuring {
-                    c.measured_deliveries += 1;
-                }
-                Tally {
-                    gaps: &mut c.gaps,
-                    duplicates: &mut c.duplicates,
-                    reordered: &mut c.reordered,
-                }
-                .count(self.seq.arrive(seq));
+                let c = &mut rx.stats.c;
                 *heard += 1;
                 if *heard == rx.hub.want {
                     c.watchers_reached += 1;
@@ -216,6 +196,27 @@ impl Subscription {
     }
 
     /// The answer to our subscribe: live from the sequence number it gives, or refused.
+    /// A delivery on a live subscription: on its channel (else a mismatch, false), counted,
+    /// and its `seq` checked against the last one.
+    fn count_delivery(&mut self, channel: &[u8], seq: u64, rx: &mut Rx<'_>) -> bool {
+        let c = &mut rx.stats.c;
+        if *channel != *rx.hub.names[self.channel as usize] {
+            c.mismatches += 1;
+            return false;
+        }
+        c.deliveries += 1;
+        if rx.measuring {
+            c.measured_deliveries += 1;
+        }
+        Tally {
+            gaps: &mut c.gaps,
+            duplicates: &mut c.duplicates,
+            reordered: &mut c.reordered,
+        }
+        .count(self.seq.arrive(seq));
+        true
+    }
+
     fn on_reply(&mut self, ok: bool, seq: Option<u64>, c: &mut crate::stats::Counters) {
         match (ok, seq) {
             (true, Some(seq)) => {
