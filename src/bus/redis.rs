@@ -4,7 +4,9 @@
 //! **Loop.** Connect (both connections, load the two scripts, subscribe to every topic the
 //! node wants, rewrite this node's presence, ask every synced owner to check for a gap), then
 //! serve: pub/sub deliveries go to their channel's owner shard; requests are served in
-//! arrival order; publishes leave in pipelines of up to [`BATCH`]; every heartbeat renews the
+//! arrival order; publishes leave in pipelines of up to [`BATCH`], each followed by at most one
+//! pipeline of presence changes (coalesced per user, one `HSET` per channel, see
+//! `presence`), so subscribes never hold publishes back; every heartbeat renews the
 //! node's registry record and sends a canary. Any Redis error ends the serve phase; the loop
 //! waits a capped, jittered exponential backoff (still draining requests meanwhile) and
 //! connects again.
@@ -86,6 +88,8 @@ pub fn start(
         started_ms,
         outbox: VecDeque::new(),
         waiting: VecDeque::new(),
+        dirty: VecDeque::new(),
+        dirty_set: HashSet::new(),
         topics: HashSet::new(),
         mirror: HashMap::new(),
         gone: HashSet::new(),
@@ -130,8 +134,14 @@ struct Worker {
     started_ms: u64,
     key_ttl_ms: u64,
     outbox: VecDeque<Outgoing>,
-    /// Requests other than publishes, in arrival order, served when connected.
+    /// Requests other than publishes and presence writes, in arrival order, served when
+    /// connected.
     waiting: VecDeque<Req>,
+    /// (channel, user) whose count changed since Redis last heard it, oldest first, each once:
+    /// written from `mirror` in batches, after the publishes ready at that moment.
+    dirty: VecDeque<(Arc<str>, Arc<str>)>,
+    /// The members of `dirty`, so a pair that changes again is not queued twice.
+    dirty_set: HashSet<(Arc<str>, Arc<str>)>,
     /// Channels this node receives (subscribed whenever connected).
     topics: HashSet<Arc<str>>,
     /// This node's presence counts: channel → user → connections.
@@ -169,8 +179,9 @@ impl Worker {
                     // Counts from other nodes cannot arrive any more: answer with what came.
                     self.answer_all_directs();
                     self.replies.clear();
-                    // The mirror is written whole on reconnect; queued writes would be stale.
-                    self.waiting.retain(|r| !matches!(r, Req::Presence { .. }));
+                    // The mirror is written whole on reconnect; queued writes would repeat it.
+                    self.dirty.clear();
+                    self.dirty_set.clear();
                     match res {
                         Ok(()) => break,
                         Err(e) => tracing::warn!(error = %e, "bus: lost redis"),
@@ -333,11 +344,11 @@ impl Worker {
             } => {
                 let count = self.mirror_change(&channel, &user, delta);
                 if connected {
-                    self.waiting.push_back(Req::Presence {
-                        channel,
-                        user,
-                        delta: count as i32,
-                    });
+                    let pair = (channel, user);
+                    if !self.dirty_set.contains(&pair) {
+                        self.dirty_set.insert(pair.clone());
+                        self.dirty.push_back(pair);
+                    }
                 } else if count == 0 {
                     self.gone.insert((channel, user));
                 } else {
@@ -387,10 +398,6 @@ impl Worker {
                 }
                 continue;
             }
-            if let Some(Req::Presence { .. }) = self.waiting.front() {
-                self.write_presence(link).await?;
-                continue;
-            }
             if let Some(Req::Direct { .. }) = self.waiting.front() {
                 let Some(Req::Direct { user, frame, tally }) = self.waiting.pop_front() else {
                     continue;
@@ -416,10 +423,17 @@ impl Worker {
             if self.waiting.pop_front().is_some() {
                 continue;
             }
-            if self.outbox.is_empty() {
+            // Publishes first, then one batch of presence writes, so a burst of subscribes
+            // (a million of them during a ramp) delays a publish by one batch at most.
+            if self.outbox.is_empty() && self.dirty.is_empty() {
                 return Ok(());
             }
-            self.flush_publishes(link).await?;
+            if !self.outbox.is_empty() {
+                self.flush_publishes(link).await?;
+            }
+            if !self.dirty.is_empty() {
+                self.write_presence(link).await?;
+            }
         }
     }
 

@@ -5,57 +5,52 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{keys, shard_of, Link, Result, Worker, BATCH};
-use crate::bus::Req;
+use super::{keys, shard_of, Link, Result, Worker};
 use crate::hub::wire;
 use crate::shard::{Asker, Command, HubCmd, Members, PresenceCmd};
 
+/// Presence fields per pipeline: one `HSET` of a few thousand fields costs Redis far less
+/// than as many commands.
+pub(super) const PRESENCE_BATCH: usize = 4096;
+
+/// One channel's writes in a batch: fields to set with their counts, fields to delete.
+type ChannelWrites = (Vec<(String, u32)>, Vec<String>);
+
 impl Worker {
-    /// Writes the presence counts at the front of `waiting` (up to [`BATCH`]) in one pipeline.
-    /// (In `waiting`, a presence request's `delta` is the user's new count on this node.)
+    /// Writes the counts of up to [`PRESENCE_BATCH`] changed (channel, user) pairs, oldest
+    /// first, in one pipeline: per channel one `HSET` of every positive count, one `HDEL` of
+    /// every zero, one `PEXPIRE`. The count written is the mirror's at this moment, so a pair
+    /// that changed many times since is written once. On an error nothing is put back: the
+    /// whole mirror is written on reconnect.
     pub(super) async fn write_presence(&mut self, link: &mut Link) -> Result<()> {
-        let mut batch = Vec::new();
-        while batch.len() < BATCH {
-            match self.waiting.front() {
-                Some(Req::Presence { .. }) => {}
-                _ => break,
-            }
-            if let Some(Req::Presence {
-                channel,
-                user,
-                delta,
-            }) = self.waiting.pop_front()
-            {
-                batch.push((channel, user, delta.max(0) as u32));
+        let n = self.dirty.len().min(PRESENCE_BATCH);
+        let mut by_channel: HashMap<Arc<str>, ChannelWrites> = HashMap::new();
+        let mut zeros = Vec::new();
+        for (channel, user) in self.dirty.drain(..n) {
+            self.dirty_set
+                .remove(&(Arc::clone(&channel), Arc::clone(&user)));
+            let count = self
+                .mirror
+                .get(&channel)
+                .and_then(|users| users.get(&user))
+                .copied()
+                .unwrap_or(0);
+            let field = keys::presence_field(&self.state.node_id, &user);
+            let (sets, dels) = by_channel.entry(Arc::clone(&channel)).or_default();
+            if count == 0 {
+                dels.push(field);
+                zeros.push((channel, user));
+            } else {
+                sets.push((field, count));
             }
         }
         let mut p = redis::pipe();
-        for (channel, user, count) in &batch {
-            let key = keys::key(channel, "presence");
-            let field = keys::presence_field(&self.state.node_id, user);
-            if *count == 0 {
-                p.cmd("HDEL").arg(&key).arg(field).ignore();
-            } else {
-                p.cmd("HSET").arg(&key).arg(field).arg(*count).ignore();
-            }
-            p.cmd("PEXPIRE").arg(&key).arg(self.key_ttl_ms).ignore();
+        for (channel, (sets, dels)) in &by_channel {
+            presence_writes(&mut p, channel, sets, dels, self.key_ttl_ms);
         }
-        if let Err(e) = p.query_async::<()>(&mut link.conn).await {
-            // Not written: back to the front, in order, for the next connection.
-            for (channel, user, count) in batch.into_iter().rev() {
-                let delta = count as i32;
-                self.waiting.push_front(Req::Presence {
-                    channel,
-                    user,
-                    delta,
-                });
-            }
-            return Err(e);
-        }
-        for (channel, user, count) in batch {
-            if count == 0 {
-                self.forget_zero(&channel, &user);
-            }
+        p.query_async::<()>(&mut link.conn).await?;
+        for (channel, user) in zeros {
+            self.forget_zero(&channel, &user);
         }
         Ok(())
     }
@@ -79,33 +74,41 @@ impl Worker {
         }
     }
 
-    /// After a (re)connect: this node's counts, all of them, and the deletions Redis missed.
+    /// After a (re)connect: this node's counts, all of them, and the deletions Redis missed,
+    /// in pipelines of about [`PRESENCE_BATCH`] fields.
     pub(super) async fn rewrite_presence(&mut self, link: &mut Link) -> Result<()> {
         let node = self.state.node_id.clone();
+        let mut gone: HashMap<&Arc<str>, Vec<String>> = HashMap::new();
+        for (ch, user) in &self.gone {
+            gone.entry(ch)
+                .or_default()
+                .push(keys::presence_field(&node, user));
+        }
+        let mut channels: Vec<&Arc<str>> = self.mirror.keys().chain(gone.keys().copied()).collect();
+        channels.sort_unstable();
+        channels.dedup();
         let mut pipe = redis::pipe();
-        let mut n = 0;
-        for (ch, users) in &self.mirror {
-            let key = keys::key(ch, "presence");
-            for (user, &count) in users {
+        let mut fields = 0;
+        for ch in channels {
+            let mut sets = Vec::new();
+            let mut dels = gone.remove(ch).unwrap_or_default();
+            for (user, &count) in self.mirror.get(ch).into_iter().flatten() {
                 let field = keys::presence_field(&node, user);
                 if count == 0 {
-                    pipe.cmd("HDEL").arg(&key).arg(field).ignore();
+                    dels.push(field);
                 } else {
-                    pipe.cmd("HSET").arg(&key).arg(field).arg(count).ignore();
+                    sets.push((field, count));
                 }
-                n += 1;
             }
-            pipe.cmd("PEXPIRE").arg(&key).arg(self.key_ttl_ms).ignore();
+            fields += sets.len() + dels.len();
+            presence_writes(&mut pipe, ch, &sets, &dels, self.key_ttl_ms);
+            if fields >= PRESENCE_BATCH {
+                pipe.query_async::<()>(&mut link.conn).await?;
+                pipe = redis::pipe();
+                fields = 0;
+            }
         }
-        for (ch, user) in &self.gone {
-            let field = keys::presence_field(&node, user);
-            pipe.cmd("HDEL")
-                .arg(keys::key(ch, "presence"))
-                .arg(field)
-                .ignore();
-            n += 1;
-        }
-        if n > 0 {
+        if fields > 0 {
             pipe.query_async::<()>(&mut link.conn).await?;
         }
         self.gone.clear();
@@ -135,11 +138,22 @@ impl Worker {
             let Some((node, user)) = keys::split_field(&field) else {
                 continue;
             };
-            if node != self.state.node_id && !live.contains(node) {
+            if node == self.state.node_id {
+                // Our own counts come from the mirror, which may be ahead of Redis.
+                continue;
+            }
+            if !live.contains(node) {
                 dead.push(field.clone());
                 continue;
             }
             *counts.entry(cluster_user(node, user)).or_default() += n;
+        }
+        for (user, &n) in self.mirror.get(channel).into_iter().flatten() {
+            if n > 0 {
+                *counts
+                    .entry(cluster_user(&self.state.node_id, user))
+                    .or_default() += n;
+            }
         }
         if !dead.is_empty() {
             redis::cmd("HDEL")
@@ -181,6 +195,29 @@ impl Worker {
             }
         }
     }
+}
+
+/// Queues on `p` the writes of one channel's presence fields: `sets` to their counts, `dels`
+/// removed, and the hash's expiry renewed.
+fn presence_writes(
+    p: &mut redis::Pipeline,
+    channel: &str,
+    sets: &[(String, u32)],
+    dels: &[String],
+    ttl_ms: u64,
+) {
+    let key = keys::key(channel, "presence");
+    if !sets.is_empty() {
+        let hset = p.cmd("HSET").arg(&key);
+        for (field, count) in sets {
+            hset.arg(field).arg(*count);
+        }
+        hset.ignore();
+    }
+    if !dels.is_empty() {
+        p.cmd("HDEL").arg(&key).arg(dels).ignore();
+    }
+    p.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
 }
 
 /// A presence user id as the cluster lists it: anonymous ids are per node, so they carry it.
