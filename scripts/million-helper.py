@@ -467,9 +467,9 @@ def cmd_summary(run, out):
         if result[key]:
             lines.append(f"{label:<12} " + ", ".join(f"{k} {v:,}" for k, v in result[key].items()))
     if presence.get("held") is not None:
-        lines.append(f"redis        presence writes (HSET/HDEL) served: {presence['before'] or 0:,} before, "
+        lines.append(f"redis        presence commands (HSET/HDEL) served: {presence['before'] or 0:,} before, "
                      f"{presence['held']:,} when all were subscribed, {presence['settled'] or 0:,} "
-                     f"after the settle (one per subscribe)")
+                     f"after the settle (coalesced, many fields each)")
     if settle:
         lines.append(f"bus settle   {settle['settled']} of {settle['nodes']} nodes answered a publish "
                      f"within {SETTLED_MS} ms after {settle['seconds']} s (what the ramp left queued "

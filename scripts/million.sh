@@ -18,8 +18,8 @@
 #      aborted if MemAvailable falls under the guard
 #   6. once everyone is subscribed: a snapshot (per-engine counts, RSS, /proc/net/sockstat,
 #      slab, CPU per group, drops and retransmissions); the bus is let settle (a probe publish
-#      on every node until each answers within 250 ms: every subscribe queued a presence write
-#      to Redis, and a node's publishes wait behind them); then one POST /publish on node
+#      on every node until each answers within 250 ms: whatever the ramp left queued on a
+#      node's bus thread is worked off, so the publish times delivery alone); then one POST /publish on node
 #      million-0 carrying its CLOCK_MONOTONIC send time; the load generator times each
 #      delivery from it and ends its hold once all have it
 #   7. teardown of exactly what was started (by PID), summary block + --json
@@ -493,8 +493,8 @@ fi
 sleep 1 # the shards publish their counters every 250 ms
 python3 "$HELPER" stats "$RUN_DIR/held-stats.json" "${API_PORTS[@]}" >/dev/null
 snapshot "$RUN_DIR/held.json"
-# What the ramp queued on the bus (every subscribe is a presence write to Redis, a node's
-# publishes wait behind them) is worked off first, so that the publish below times the
+# What the ramp queued on the bus (presence writes, served one batch after each batch of
+# publishes) is worked off first, so that the publish below times the
 # delivery and not that queue; how long it took is a figure of its own.
 if [[ -n "$BUS" ]]; then
     read -r SETTLE_S SETTLED _ < <(python3 "$HELPER" settle "$RUN_DIR/settle.json" \
@@ -540,7 +540,7 @@ mapfile -t kids < <(loadgen_children_alive)
 
 say "7. teardown: $ENGINES engines${REDIS_PID:+, redis} (pid $LOADGEN_PID_DONE and its children are gone)"
 # An engine drains in 5 s (--drain-timeout); with the bus it then sends what it still owes
-# Redis (a presence write per connection that left), which takes a while at this scale.
+# Redis (presence writes for the connections that left, coalesced per channel).
 stop TERM 40 "${ENGINE_PIDS[@]}"
 ENGINE_PIDS=()
 if [[ -n "$REDIS_PID" ]]; then
