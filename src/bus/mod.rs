@@ -87,13 +87,14 @@ pub enum Req {
         /// +1 or -1.
         delta: i32,
     },
-    /// A direct message to every connection of `user` on every node; `tally` gets the total.
+    /// A direct message to, or a disconnect of, every connection of `user` on every node;
+    /// `tally` gets the total.
     Direct {
         /// User id.
         user: Arc<str>,
-        /// The direct frame (a whole WebSocket frame), shared.
-        frame: Bytes,
-        /// Where the number of connections that got it goes (once).
+        /// What happens to each of the user's connections.
+        what: ToUser,
+        /// Where the number of connections it reached goes (once).
         tally: Tally,
     },
     /// A shard's count for the bus's direct-message token `token`.
@@ -319,6 +320,15 @@ pub fn backoff(attempt: u32, cap: Duration, rand: u64) -> Duration {
         .max(Duration::from_millis(50));
     let ms = ceiling.as_millis() as u64;
     Duration::from_millis((rand % (ms + 1)).max(50))
+}
+
+/// What a [`Req::Direct`] does to each connection of its user, on every node.
+#[derive(Debug, Clone)]
+pub enum ToUser {
+    /// Queue this direct frame (a whole WebSocket frame), shared.
+    Frame(Bytes),
+    /// Close it with `DISCONNECTED` (4000), as `POST /users/{id}/disconnect` asks.
+    Disconnect,
 }
 
 #[cfg(test)]

@@ -365,8 +365,8 @@ impl Worker {
                     self.waiting.push_back(Req::User { user, delta });
                 }
             }
-            Req::Direct { user, frame, tally } if !connected => {
-                self.local_round(&user, frame, RoundFor::Sender(tally));
+            Req::Direct { user, what, tally } if !connected => {
+                self.local_round(&user, what, RoundFor::Sender(tally));
             }
             Req::DirectCount { token, count } => self.round_count(token, count),
             Req::List { channel, to } if !connected => {
@@ -399,10 +399,10 @@ impl Worker {
                 continue;
             }
             if let Some(Req::Direct { .. }) = self.waiting.front() {
-                let Some(Req::Direct { user, frame, tally }) = self.waiting.pop_front() else {
+                let Some(Req::Direct { user, what, tally }) = self.waiting.pop_front() else {
                     continue;
                 };
-                self.send_direct(link, user, frame, tally).await?;
+                self.send_direct(link, user, what, tally).await?;
                 continue;
             }
             if let Some((node, token, count)) = self.replies.front() {

@@ -39,6 +39,14 @@ pub enum UserCmd {
         /// Where the count goes.
         tally: Tally,
     },
+    /// To a shard: close every local connection of `user` with `DISCONNECTED`, then tell
+    /// `tally` how many.
+    Disconnect {
+        /// The user id.
+        user: Arc<str>,
+        /// Where the count goes.
+        tally: Tally,
+    },
     /// To the sender's shard: one shard's count for direct message `token`.
     Delivered {
         /// The sender's tally token.
@@ -173,7 +181,8 @@ impl Shard {
                 shard: self.id as u32,
                 token,
             };
-            bus.send(crate::bus::Req::Direct { user, frame, tally });
+            let what = crate::bus::ToUser::Frame(frame);
+            bus.send(crate::bus::Req::Direct { user, what, tally });
             return;
         }
         for shard in shards {
@@ -206,21 +215,11 @@ impl Shard {
         match cmd {
             UserCmd::Direct { user, frame, tally } => {
                 let count = self.direct_deliver(&user, frame);
-                match tally {
-                    Tally::Shard { shard, token } => {
-                        let cmd = UserCmd::Delivered { token, count };
-                        self.hub_send(shard as usize, HubCmd::User(cmd));
-                    }
-                    // The caller may have given up waiting.
-                    Tally::Caller(tx) => {
-                        let _ = tx.send(count);
-                    }
-                    Tally::Bus { token } => {
-                        if let Some(bus) = &self.bus {
-                            bus.send(crate::bus::Req::DirectCount { token, count });
-                        }
-                    }
-                }
+                self.report(tally, count);
+            }
+            UserCmd::Disconnect { user, tally } => {
+                let count = self.disconnect_user(&user) as u64;
+                self.report(tally, count);
             }
             UserCmd::Delivered { token, count } => {
                 let Some(g) = self.hub.users.tallies.get_mut(&token) else {
@@ -237,6 +236,25 @@ impl Shard {
                 if self.is_current(g.to) {
                     let (id, n) = (g.id, g.delivered);
                     self.hub_reply(g.to.idx as usize, |o| wire::reply_delivered(o, id, n));
+                }
+            }
+        }
+    }
+
+    /// Sends one shard's count (connections reached) where `tally` says.
+    fn report(&mut self, tally: Tally, count: u64) {
+        match tally {
+            Tally::Shard { shard, token } => {
+                let cmd = UserCmd::Delivered { token, count };
+                self.hub_send(shard as usize, HubCmd::User(cmd));
+            }
+            // The caller may have given up waiting.
+            Tally::Caller(tx) => {
+                let _ = tx.send(count);
+            }
+            Tally::Bus { token } => {
+                if let Some(bus) = &self.bus {
+                    bus.send(crate::bus::Req::DirectCount { token, count });
                 }
             }
         }

@@ -432,7 +432,8 @@ impl Server {
         if let (Some((bus, _)), None) = (&self.bus, crate::hub::presence::parse_anon(&user)) {
             // Any node may hold the user's connections: the bus gathers every node's count.
             let tally = hub_users::Tally::Caller(tx);
-            if !bus.send(crate::bus::Req::Direct { user, frame, tally }) {
+            let what = crate::bus::ToUser::Frame(frame);
+            if !bus.send(crate::bus::Req::Direct { user, what, tally }) {
                 return Err(PublishError::Stopped);
             }
             return Ok(gather(&rx, 1, timeout));
@@ -453,9 +454,20 @@ impl Server {
 
     /// Closes every open connection of `user` (a token's `sub`, or an anonymous id) on every
     /// shard with close code [`DISCONNECTED`]; how many, summed over the shards that answered
-    /// within `timeout`. Works whatever the app.
+    /// within `timeout`. Works whatever the app. With the Redis bus a token's user is
+    /// disconnected on every node (the count is the cluster's); an anonymous id names one
+    /// connection of this node.
     pub fn disconnect(&self, user: &str, timeout: std::time::Duration) -> usize {
         let user: Arc<str> = Arc::from(user);
+        if let (Some((bus, _)), None) = (&self.bus, crate::hub::presence::parse_anon(&user)) {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let what = crate::bus::ToUser::Disconnect;
+            let tally = hub_users::Tally::Caller(tx);
+            if !bus.send(crate::bus::Req::Direct { user, what, tally }) {
+                return 0;
+            }
+            return gather(&rx, 1, timeout) as usize;
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let asked = self
             .shards_for(&user)

@@ -2,8 +2,8 @@
 //! real processes against a `redis-server` of the test's own: fan-out from publishers on every
 //! node to subscribers on every node in one numbering, `since` and `Last-Event-ID` resumes on
 //! another node, presence across nodes (anonymous ids kept apart per node) and a killed node's
-//! members leaving within the node TTL, direct messages to a user on every node, Redis killed
-//! and restarted under running nodes, and a node started before its Redis (docs/CLUSTER.md).
+//! members leaving within the node TTL, direct messages to and disconnects of a user on every
+//! node, Redis killed and restarted under running nodes, and a node started before its Redis (docs/CLUSTER.md).
 //!
 //! Nothing here is timed except where the behaviour is itself a bound (a dead node's members
 //! go within its TTL); every other wait is for an event, bounded by [`PATIENCE`] so a broken
@@ -388,6 +388,61 @@ fn cluster_direct_messages_reach_the_user_on_every_node() {
             prev = t;
         }
     }
+}
+
+/// The close frame `ws` gets next (data before it is skipped): its code and reason.
+fn closed_with(ws: &mut Ws, who: &str) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => panic!("{who}: closed without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("{who}: no close frame: {e}"),
+        }
+    }
+}
+
+#[test]
+fn cluster_disconnect_by_the_admin_api_closes_the_user_on_every_node() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3, &["--jwt-secret", SECRET]);
+    let mut bobs = [
+        connect_as(nodes[0].addr(), "bob"),
+        connect_as(nodes[1].addr(), "bob"),
+        connect_as(nodes[1].addr(), "bob"),
+    ];
+    let mut carol = connect_as(nodes[0].addr(), "carol");
+    let mut alice = connect_as(nodes[2].addr(), "alice");
+    for (i, b) in bobs.iter_mut().enumerate() {
+        assert!(ping(b, &format!("bob {i}")).is_empty());
+    }
+    // Every node with a connection of bob's listens for him once a direct message reaches
+    // all three; only then is the disconnect below sure to be heard everywhere.
+    let mut tries = 0u64;
+    let all = wait_until(PATIENCE, || {
+        tries += 1;
+        send(
+            &mut alice,
+            json!({"op": "direct", "id": tries, "user": "bob", "data": tries}),
+        );
+        reply(&mut alice, tries).0["delivered"] == 3
+    });
+    assert!(all, "bob's three connections were never all reachable");
+
+    // Sent to node 2, which holds none of bob's connections.
+    let r = nodes[2].post("/users/bob/disconnect", &json!({}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"user": "bob", "disconnected": 3}));
+    for (i, b) in bobs.iter_mut().enumerate() {
+        let (code, reason) = closed_with(b, &format!("bob {i}"));
+        assert_eq!(code, 4000, "bob {i}");
+        assert_eq!(reason, "disconnected by server", "bob {i}");
+    }
+    // Others on the same nodes are untouched, and bob has nothing left anywhere.
+    assert!(ping(&mut carol, "carol").is_empty());
+    let r = nodes[0].post("/users/bob/disconnect", &json!({}));
+    assert_eq!(r.json()["disconnected"], 0, "{r:?}");
+    assert!(ping(&mut alice, "alice").is_empty());
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //! runs a *round*: every local shard queues the frame and reports its count; the round's total
 //! goes back to the sender's node on its reply topic. The sender is answered once every node
 //! has reported, or after [`DIRECT_WAIT`] with what came.
+//!
+//! A disconnect of the user takes the same path with an empty frame (a real frame is never
+//! empty: it has at least its two header bytes); each node closes the user's connections and
+//! reports how many.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{keys, Link, Result, Worker, DIRECT_WAIT};
+use crate::bus::ToUser;
 use crate::shard::{Command, HubCmd, Tally, UserCmd};
 
 /// A direct message sent from this node, waiting for the counts of the nodes that have the
@@ -47,13 +52,15 @@ impl Worker {
         &mut self,
         link: &mut Link,
         user: Arc<str>,
-        frame: Bytes,
+        what: ToUser,
         tally: Tally,
     ) -> Result<()> {
         self.next_token += 1;
         let token = self.next_token;
         let mut payload = format!("{} {token} ", self.state.node_id).into_bytes();
-        payload.extend_from_slice(&frame);
+        if let ToUser::Frame(frame) = &what {
+            payload.extend_from_slice(frame);
+        }
         let sent: Result<usize> = redis::cmd("PUBLISH")
             .arg(keys::user_topic(&user))
             .arg(payload)
@@ -73,14 +80,15 @@ impl Worker {
             }
             Err(e) => {
                 // Redis went away under it: this node's connections still get it.
-                self.local_round(&user, frame, RoundFor::Sender(tally));
+                self.local_round(&user, what, RoundFor::Sender(tally));
                 return Err(e);
             }
         }
         Ok(())
     }
 
-    /// `<node> <token> <frame>` on a user's topic: deliver here, then report the count.
+    /// `<node> <token> <frame>` on a user's topic: deliver here (or disconnect, for an empty
+    /// frame), then report the count.
     pub(super) fn on_direct(&mut self, user: &str, payload: &[u8]) {
         let parsed = keys::split_word(payload).and_then(|(node, rest)| {
             let (token, frame) = keys::split_word(rest)?;
@@ -93,13 +101,17 @@ impl Worker {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let frame = Bytes::copy_from_slice(frame);
+        let what = if frame.is_empty() {
+            ToUser::Disconnect
+        } else {
+            ToUser::Frame(Bytes::copy_from_slice(frame))
+        };
         let for_ = if node == self.state.node_id {
             RoundFor::Local(token)
         } else {
             RoundFor::Remote(node, token)
         };
-        self.local_round(&Arc::from(user), frame, for_);
+        self.local_round(&Arc::from(user), what, for_);
     }
 
     /// `<token> <count>` on our reply topic: one node's count for our direct message.
@@ -119,16 +131,20 @@ impl Worker {
         }
     }
 
-    /// Gives `frame` to every shard of this node for `user`'s connections.
-    pub(super) fn local_round(&mut self, user: &Arc<str>, frame: Bytes, for_: RoundFor) {
+    /// Asks every shard of this node to do `what` to `user`'s connections.
+    pub(super) fn local_round(&mut self, user: &Arc<str>, what: ToUser, for_: RoundFor) {
         self.next_token += 1;
         let token = self.next_token;
         let mut asked = 0;
         for h in &self.shards {
-            let cmd = UserCmd::Direct {
-                user: Arc::clone(user),
-                frame: frame.clone(),
-                tally: Tally::Bus { token },
+            let (user, tally) = (Arc::clone(user), Tally::Bus { token });
+            let cmd = match &what {
+                ToUser::Frame(frame) => UserCmd::Direct {
+                    user,
+                    frame: frame.clone(),
+                    tally,
+                },
+                ToUser::Disconnect => UserCmd::Disconnect { user, tally },
             };
             if h.send(Command::Hub(HubCmd::User(cmd))) {
                 asked += 1;
