@@ -10,20 +10,24 @@
 //! # Contract
 //!
 //! - [`start`] binds synchronously (a bad or busy address is an `Err` at once), then serves
-//!   requests one at a time on a thread named `api`. [`ApiServer::stop`] (or dropping the
-//!   [`ApiServer`]) unblocks that thread and joins it.
+//!   on a thread named `api`: hyper's HTTP/1.1 server on a single-threaded tokio runtime,
+//!   many connections at once, each handler on a small pool of blocking threads (see
+//!   `server`). [`ApiServer::stop`] (or dropping the [`ApiServer`]) closes the listener, lets
+//!   requests in progress finish within a bound, and joins the thread.
 //! - Every route is one line of `ROUTES`, naming its method by its handler's kind: a GET
 //!   route also answers HEAD, a POST route gets the request body. `dispatch` is a function from
-//!   (method, path, `Authorization`, body) to a `Reply` that touches no socket, so routing and
-//!   auth are tested without sockets. Unknown paths get 404, a method the path does not serve
-//!   gets 405 with `Allow` listing those it does, both with a JSON error body.
+//!   (method, path, `Authorization`) to the handler to call or the refusal, and touches no
+//!   socket, so routing and auth are tested without sockets. Unknown paths get 404, a method
+//!   the path does not serve gets 405 with `Allow` listing those it does, both with a JSON
+//!   error body.
 //! - A request whose `Content-Length` is over [`MAX_BODY`] gets 413 before routing, whatever
 //!   its route, and no byte of its body is read. Otherwise a POST body is read only after the
 //!   route and the key check pass (that is also when `100 Continue` is sent to a client that
-//!   asked for it).
-//! - The HTTP server is our own, small and bounded in memory and time per connection (see
-//!   `server`): one request per connection, `Connection: close`, no chunked bodies (501).
-//!   Nothing a client sends can crash the process or hold the thread past [`Timeouts`].
+//!   asked for it); a chunked body is accepted and cut off with 413 once over [`MAX_BODY`].
+//! - The HTTP framing is hyper's; what a client can claim of this process is bounded by the
+//!   server (head size, body size, time to send each, idle keep-alive, connections at once;
+//!   see `server`). Nothing a client sends can crash the process or keep other clients from
+//!   being answered.
 //! - With an API key, every route not marked public needs `Authorization: Bearer <key>`; the
 //!   token is compared in constant time and a missing or wrong one gets 401 with
 //!   `WWW-Authenticate: Bearer`. `/healthz` and `/readyz` stay public because load balancers and
@@ -33,8 +37,9 @@
 //!   refuses otherwise, as `Config::validate` does earlier with a clearer message.
 //!
 //! Files: this one holds the view, the routing table, dispatch and the key check; `routes`
-//! the handlers; `prometheus` the text format; `http` the HTTP/1.1 wire format (pure);
-//! `server` the thread, its sockets and their time limits; `client` the `starling drain`
+//! the handlers; `prometheus` the text format; `http` the edge between hyper's types and
+//! ours (checks before routing, the bounded body read, a `Reply` as a response); `server` the
+//! thread, its runtime, its connections and their limits; `client` the `starling drain`
 //! command's side.
 
 pub mod client;
@@ -46,7 +51,6 @@ mod server;
 
 pub use server::{start, start_with, ApiServer, Timeouts};
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,7 +177,7 @@ enum Access {
 }
 
 /// A route's handler; its kind is the route's method.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Handler {
     /// GET, and HEAD (answered with the GET headers and no body).
     Get(fn(&ApiView) -> Reply),
@@ -266,7 +270,8 @@ const ROUTES: &[Route] = &[
     Route::post("/drain", Access::Key, routes::drain),
 ];
 
-/// One request as the router sees it.
+/// One request as the router sees it: its head only, so that routing and the key check are
+/// over before any of the body is read.
 struct Incoming<'a> {
     /// The method as sent.
     method: &'a str,
@@ -274,49 +279,67 @@ struct Incoming<'a> {
     target: &'a str,
     /// The `Authorization` header, if any.
     authorization: Option<&'a str>,
-    /// The declared `Content-Length`, if any (none: no body).
-    length: Option<usize>,
-    /// The body, read only by POST routes.
-    body: &'a mut dyn Read,
 }
 
-/// Routes one request: 404, 405, 401, 413 in that order, else the route's handler.
-fn dispatch(view: &ApiView, key: Option<&str>, req: Incoming<'_>) -> Reply {
+/// A request that passed routing: the handler to run and the path segment it gets. The
+/// body, when [`Call::wants_body`], is read only once a `Call` exists, so a request refused by
+/// routing never has its body read (nor invited with `100 Continue`).
+#[derive(Debug)]
+struct Call {
+    handler: Handler,
+    /// The `{}` segment, percent-decoded; empty for an exact path.
+    segment: String,
+}
+
+impl Call {
+    /// True for POST routes, the ones given the request body.
+    fn wants_body(&self) -> bool {
+        matches!(self.handler, Handler::Post(_) | Handler::PostAt(_))
+    }
+
+    /// Runs the handler with `body` (empty for routes that take none). It may block while it
+    /// waits for the shards, within their timeouts, so the server runs it off its event loop.
+    fn run(&self, view: &ApiView, body: &[u8]) -> Reply {
+        match self.handler {
+            Handler::Get(f) => f(view),
+            Handler::GetAt(f) => f(view, &self.segment),
+            Handler::Post(f) => f(view, body),
+            Handler::PostAt(f) => f(view, &self.segment, body),
+        }
+    }
+}
+
+/// Routes one request: 404, 405, 401 in that order, and 400 for a path segment that is not
+/// percent-encoded UTF-8; otherwise the call to make. The body limit (413) is the server's,
+/// since it is decided while reading.
+fn dispatch(key: Option<&str>, req: &Incoming<'_>) -> Result<Call, Reply> {
     let path = req.target.split('?').next().unwrap_or(req.target);
     let mut on_path = ROUTES
         .iter()
         .filter_map(|r| Some((r, r.matches(path)?)))
         .peekable();
     if on_path.peek().is_none() {
-        return Reply::error(404, "not found");
+        return Err(Reply::error(404, "not found"));
     }
     let Some((route, segment)) = on_path.find(|(r, _)| r.handler.methods().contains(&req.method))
     else {
-        return Reply::error(405, "method not allowed").with_header("Allow", &allow(path));
+        return Err(Reply::error(405, "method not allowed").with_header("Allow", &allow(path)));
     };
     if let (Access::Key, Some(key)) = (route.access, key) {
         if !authorized(req.authorization, key) {
-            return Reply::error(401, "missing or wrong API key")
-                .with_header("WWW-Authenticate", "Bearer realm=\"starling\"");
+            return Err(Reply::error(401, "missing or wrong API key")
+                .with_header("WWW-Authenticate", "Bearer realm=\"starling\""));
         }
     }
     let segment = match segment.map(http::percent_decode) {
-        Some(None) => return Reply::error(400, "the path is not percent-encoded UTF-8"),
+        Some(None) => return Err(Reply::error(400, "the path is not percent-encoded UTF-8")),
         Some(Some(s)) => s,
         None => String::new(),
     };
-    match route.handler {
-        Handler::Get(f) => f(view),
-        Handler::GetAt(f) => f(view, &segment),
-        Handler::Post(f) => match read_body(req.length, req.body) {
-            Ok(body) => f(view, &body),
-            Err(reply) => reply,
-        },
-        Handler::PostAt(f) => match read_body(req.length, req.body) {
-            Ok(body) => f(view, &segment, &body),
-            Err(reply) => reply,
-        },
-    }
+    Ok(Call {
+        handler: route.handler,
+        segment,
+    })
 }
 
 /// `Allow` for `path`: every method some route on it answers.
@@ -327,24 +350,6 @@ fn allow(path: &str) -> String {
         .flat_map(|r| r.handler.methods().iter().copied())
         .collect();
     methods.join(", ")
-}
-
-/// Reads a body of at most [`MAX_BODY`] bytes: 413 if it declares or turns out to be more,
-/// 400 if it cannot be read (the client went away, stalled, or sent less than it declared).
-fn read_body(length: Option<usize>, body: &mut dyn Read) -> Result<Vec<u8>, Reply> {
-    let too_large = || Reply::error(413, &format!("request body over {MAX_BODY} bytes"));
-    if length.is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
-    }
-    let mut buf = Vec::with_capacity(length.unwrap_or(0));
-    // One byte past the limit tells "exactly at the limit" from "over it".
-    body.take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|_| Reply::error(400, "cannot read the request body"))?;
-    if buf.len() > MAX_BODY {
-        return Err(too_large());
-    }
-    Ok(buf)
 }
 
 /// True if `authorization` is `Bearer <key>`. "It uses a case-insensitive token as a means to
@@ -378,7 +383,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub(super) mod tests {
     use super::*;
     use crate::metrics::Counters;
-    use std::io;
     use std::sync::Mutex;
 
     /// An engine without shards: records publishes, numbers them per channel, and fails the
@@ -484,18 +488,10 @@ pub(super) mod tests {
             method,
             target,
             authorization: auth,
-            length: None,
-            body: &mut io::empty(),
         };
-        dispatch(v, key, incoming)
-    }
-
-    /// A body that must never be read.
-    struct Untouchable;
-
-    impl Read for Untouchable {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            panic!("the body was read")
+        match dispatch(key, &incoming) {
+            Ok(call) => call.run(v, b""),
+            Err(refused) => refused,
         }
     }
 
@@ -606,33 +602,32 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn post_bodies_are_bounded_and_read_only_when_authorized() {
+    fn post_bodies_are_wanted_only_when_authorized() {
         let v = view();
         let key = Some("k");
-        let auth = Some("Bearer k");
-        let publish = |length, body: &mut dyn Read, auth| {
+        let publish = |auth| {
             let incoming = Incoming {
                 method: "POST",
                 target: "/publish",
                 authorization: auth,
-                length,
-                body,
             };
-            dispatch(&v, key, incoming)
+            dispatch(key, &incoming)
         };
-        // Refused before the body: no key, or a declared length over the limit.
-        assert_eq!(publish(Some(10), &mut Untouchable, None).status, 401);
-        let r = publish(Some(MAX_BODY + 1), &mut Untouchable, auth);
-        assert_eq!(r.status, 413);
-        assert!(r.body.contains("\"error\""));
-        // Undeclared and too long: found while reading.
-        let big = vec![b' '; MAX_BODY + 1];
-        assert_eq!(publish(None, &mut &big[..], auth).status, 413);
-        // Exactly at the limit is read and parsed (and is whitespace, so 400).
-        let at_limit = &big[..MAX_BODY];
-        assert_eq!(publish(None, &mut &at_limit[..], auth).status, 400);
+        // Refused before the body: no call, so nothing reads it.
+        let r = publish(None).expect_err("refused without the key");
+        assert_eq!(r.status, 401);
+        let call = publish(Some("Bearer k")).expect("routed with the key");
+        assert!(call.wants_body());
+        // The body reaches the handler as given: whitespace is not JSON, a publish is.
+        assert_eq!(call.run(&v, &[b' '; 16]).status, 400);
         let ok = br#"{"channel":"news","data":1}"#;
-        assert_eq!(publish(None, &mut &ok[..], auth).status, 200);
+        assert_eq!(call.run(&v, ok).status, 200);
+        let get = Incoming {
+            method: "GET",
+            target: "/healthz",
+            authorization: None,
+        };
+        assert!(!dispatch(key, &get).unwrap().wants_body());
     }
 
     #[test]

@@ -30,17 +30,17 @@ use crate::metrics::{CloseReason, Counters, Published};
 use crate::shard::PublishError;
 
 /// How long a publish (per channel) or a channel listing waits for the shards. Far above what
-/// a healthy shard needs; it bounds how long one stuck shard holds the API thread.
+/// a healthy shard needs; it bounds how long one stuck shard holds a handler thread.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Most channels one `POST /publish` may name, so one request holds the API thread (which
-/// serves requests one at a time) for at most this many owner round trips.
+/// Most channels one `POST /publish` may name, so one request holds a handler thread (of the
+/// few the API has) for at most this many owner round trips.
 pub const MAX_PUBLISH_CHANNELS: usize = 100;
 
 /// Media type of the Prometheus text exposition format this API writes.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A response, independent of the wire format (`http::encode` writes it).
+/// A response, independent of the wire format (`http::response` turns it into hyper's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// HTTP status code.

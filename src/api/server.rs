@@ -1,78 +1,119 @@
-//! The admin API's thread: it owns the listening socket and answers one request per
-//! connection, one connection at a time, through `super::dispatch` until stopped.
-//! The wire format (head parsing, response bytes) is `http`; this file does the socket I/O.
+//! The admin API's thread: a single-threaded tokio runtime serving hyper's HTTP/1.1 server on
+//! the listening socket until stopped. hyper does the framing (heads, `Content-Length` and
+//! chunked bodies, `100 Continue`, keep-alive, `Date`); this file owns the sockets, how many
+//! there are at once and how long each may take. Each request is checked and routed on the
+//! runtime (`http`, `super::dispatch`), its body read there if the route wants one, and its
+//! handler then run on the runtime's blocking pool, since handlers wait for shard replies. A
+//! client that stalls therefore holds only its own connection, never the thread.
 //!
 //! The port is for operators, but anyone who can reach it can send it bytes, so nothing a
-//! client sends may crash the process or keep the thread from the next client. (The HTTP
-//! library this replaced allocated whatever `Content-Length` a request declared, so one
+//! client sends may crash the process or keep other clients from being answered. (An HTTP
+//! library used here once allocated whatever `Content-Length` a request declared, so one
 //! request could abort the whole process.) What a client can claim is bounded:
-//! - Memory: the head is read into one [`MAX_HEAD`] buffer, reused for every connection; a
-//!   body is at most [`MAX_BODY`], and a larger `Content-Length` is refused (413) before any
-//!   of it is read. Nothing is ever sized by what a client merely declares.
-//! - Time: each read or write waits at most [`Timeouts::io`], receiving a whole request takes
-//!   at most [`Timeouts::request`], and delivering the reply gets as long again. A client that
-//!   connects and says nothing is dropped after `io`; one that trickles bytes, after `request`.
-//!   The handler's own work is not on these clocks: it is bounded by its shard timeouts.
-//! - Connections: one request each, answered with `Connection: close`, then closed. Keep-alive
-//!   would let one client hold the only thread between requests, for no gain on a port
-//!   scraped every few seconds.
+//! - Memory: a head is at most [`MAX_HEAD`] bytes (431 past it), read into a buffer of at most
+//!   [`MAX_BUF`]; a body at most [`MAX_BODY`]. A larger declared `Content-Length` is refused
+//!   (413) before any of it is read, and a chunked body is cut off (413) at the limit. Nothing
+//!   is sized by what a client merely declares.
+//! - Time: a head must be in within [`Timeouts::io`] of the connection's start or of the end
+//!   of the previous reply, or the connection is closed (hyper's header read timeout); that
+//!   also closes idle keep-alive connections. A body must be in within [`Timeouts::request`]
+//!   (408 otherwise), and each write may wait at most `io` for the client to take bytes
+//!   ([`WriteLimit`]). The handler's own work is not on these clocks: it is bounded by its
+//!   shard timeouts.
+//! - Connections: at most [`MAX_CONNECTIONS`] at once; more wait in the listen backlog until
+//!   one ends. Handlers: at most [`HANDLER_THREADS`] at once; more queue for a thread.
 //!
-//! Waiting and stopping: the listener is registered with a mio `Poll` that also holds a
-//! `Waker`. The thread accepts until `WouldBlock`, then sleeps in `poll` until a connection
-//! arrives or [`ApiServer::stop`] wakes it, so stopping is immediate without polling a flag on
-//! a timer, and without connecting to ourselves (which fails exactly when the process is out
-//! of file descriptors). After an accept error (EMFILE, the moment an operator wants
-//! metrics) the thread logs, waits [`ACCEPT_PAUSE`] in the same `poll` (a stop still wakes
-//! it), and tries again: readiness is edge-triggered, so the connection left in the backlog
-//! would not be reported a second time.
+//! After an accept error that is not about one connection (EMFILE, the moment an operator
+//! wants metrics) the loop logs once per run of failures, waits [`ACCEPT_PAUSE`] (a stop
+//! still ends the wait) and tries again, so a process at its open-file limit is not also
+//! spinning.
 //!
-//! Lingering close: when the reply goes out before the whole request was read (a refusal, a
-//! body the route never needed, bytes after the request), closing at once with unread input
-//! makes the kernel answer with RST, which can destroy the reply before the client reads it.
-//! So the thread then shuts its side, and reads and discards until the client closes, for at
-//! most [`LINGER`] and [`LINGER_BYTES`].
+//! Stopping: [`ApiServer::stop`] sets a watch channel. The accept loop ends and closes the
+//! listener; idle connections close at once; a request in progress is finished, without
+//! keep-alive after it (hyper's graceful shutdown), within [`STOP_GRACE`]; whatever is left
+//! then is cut off, and the thread is joined.
+//!
+//! Lingering close: when a reply goes out before the whole request was read (a refusal of a
+//! body, a malformed head, bytes after it), closing at once with unread input makes the kernel
+//! answer with RST, which can destroy the reply before the client reads it. So when hyper is
+//! done with such a connection, the server shuts its side and reads and discards until the
+//! client closes, for at most [`LINGER`] and [`LINGER_BYTES`].
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token, Waker};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Incoming as RequestBody};
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::http::request::Parts;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Sleep;
 
-use super::http::{self, MAX_HEAD};
+use super::http;
 use super::routes::Reply;
-use super::{dispatch, ApiView, Incoming, MAX_BODY};
+use super::{dispatch, ApiView, Call, MAX_BODY};
 
-/// The listening socket's token.
-const LISTENER: Token = Token(0);
+/// Largest request head (request line plus header fields): 16 KiB. Bigger is 431.
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 
-/// The stop waker's token.
-const WAKE: Token = Token(1);
+/// Largest read buffer hyper keeps per connection (it must be at least 8 KiB).
+const MAX_BUF: usize = 2 * MAX_HEAD;
+
+/// Most connections served at once. Operators' scrapers and tools need a handful; the cap
+/// keeps a flood of idle sockets from costing more than this many buffers and file
+/// descriptors.
+pub(super) const MAX_CONNECTIONS: usize = 64;
+
+/// Most handlers running at once, each on its own blocking thread. A handler waits for the
+/// shards (at most their timeouts), so a few threads keep one slow request from delaying the
+/// others without letting the API compete with the shards for cores.
+const HANDLER_THREADS: usize = 8;
 
 /// Pause after an accept error before trying again, so a process stuck at its open-file limit
 /// is not also spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 
+/// Longest wait, once stopping, for requests in progress to be answered.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest wait, after [`STOP_GRACE`], for handlers still running; past it they finish on
+/// their own while the thread exits.
+const HANDLER_GRACE: Duration = Duration::from_secs(1);
+
 /// Longest wait for a client to close after a reply sent before its request was fully read.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// The largest [`Timeouts`] value honoured.
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Most bytes read and discarded while lingering: enough that the sender of a body just over
 /// [`MAX_BODY`] gets to read its 413.
 const LINGER_BYTES: usize = 2 * MAX_BODY;
 
-/// How long one connection may hold the API thread. Values over a day count as a day.
+/// The largest [`Timeouts`] value honoured.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a client may take. Values over a day count as a day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Longest wait for any one read or write to make progress (default 5 s).
+    /// Longest wait for a request head, from the connection's start or the end of the previous
+    /// reply (so also how long an idle keep-alive connection stays open), and for any one
+    /// write to make progress (default 5 s).
     pub io: Duration,
-    /// Longest time to receive a whole request, head and body; delivering the reply gets as
-    /// long again (default 10 s).
+    /// Longest time to receive a request body once its head is in (default 10 s).
     pub request: Duration,
 }
 
@@ -89,16 +130,9 @@ impl Default for Timeouts {
 #[derive(Debug)]
 pub struct ApiServer {
     local_addr: SocketAddr,
-    shared: Arc<Shared>,
+    /// Set to true to stop; every connection watches it too.
+    stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// What the API thread and [`ApiServer`] share to stop the loop.
-#[derive(Debug)]
-struct Shared {
-    stopping: AtomicBool,
-    /// Wakes the thread from `poll`.
-    waker: Waker,
 }
 
 impl ApiServer {
@@ -108,7 +142,7 @@ impl ApiServer {
     }
 
     /// Stops serving and joins the API thread; the listening socket is closed when this
-    /// returns. A connection being answered is finished first, within its [`Timeouts`].
+    /// returns. Requests in progress are answered first, within a few seconds.
     pub fn stop(mut self) {
         self.shut();
     }
@@ -117,11 +151,7 @@ impl ApiServer {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Err(error) = self.shared.waker.wake() {
-            // The thread still sees the flag after its current connection or pause.
-            tracing::warn!(%error, "cannot wake the admin API thread");
-        }
+        self.stop.send_replace(true);
         if thread.join().is_err() {
             tracing::error!("the admin API thread panicked");
         }
@@ -136,7 +166,8 @@ impl Drop for ApiServer {
 
 /// Binds `addr` and serves the admin API on a new thread with the default [`Timeouts`].
 /// `key`, when set, is the bearer token every non-public route requires. Without a key,
-/// `addr` must be a loopback address (`InvalidInput` otherwise; see the module docs for why).
+/// `addr` must be a loopback address (`InvalidInput` otherwise; see the module docs of `api`
+/// for why).
 pub fn start(addr: SocketAddr, key: Option<String>, view: ApiView) -> io::Result<ApiServer> {
     start_with(addr, key, view, Timeouts::default())
 }
@@ -161,303 +192,342 @@ pub fn start_with(
     };
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
-    let mut listener = TcpListener::from_std(std_listener);
-    let local_addr = listener.local_addr()?;
-    let poll = Poll::new()?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let shared = Arc::new(Shared {
-        stopping: AtomicBool::new(false),
-        waker: Waker::new(poll.registry(), WAKE)?,
-    });
-    let acceptor = Acceptor {
-        listener,
-        poll,
-        key,
-        view,
-        timeouts,
-        shared: Arc::clone(&shared),
+    let local_addr = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(HANDLER_THREADS)
+        .thread_name("api-handler")
+        .build()?;
+    // Registering the listener needs the runtime's reactor; done here so a failure is ours.
+    let listener = {
+        let _in_runtime = runtime.enter();
+        TcpListener::from_std(std_listener)?
     };
+    let (stop, stopped) = watch::channel(false);
+    let api = Arc::new(Api {
+        view,
+        key,
+        timeouts,
+    });
     let thread = std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || acceptor.run())?;
+        .spawn(move || {
+            runtime.block_on(serve(listener, api, stopped));
+            runtime.shutdown_timeout(HANDLER_GRACE);
+        })?;
     tracing::info!(addr = %local_addr, "admin API listening");
     Ok(ApiServer {
         local_addr,
-        shared,
+        stop,
         thread: Some(thread),
     })
 }
 
-/// Everything the API thread owns.
-struct Acceptor {
-    listener: TcpListener,
-    poll: Poll,
-    key: Option<String>,
+/// What every connection shares.
+struct Api {
     view: ApiView,
+    key: Option<String>,
     timeouts: Timeouts,
-    shared: Arc<Shared>,
 }
 
-impl Acceptor {
-    /// Accepts and answers connections until stopped.
-    fn run(mut self) {
-        let mut events = Events::with_capacity(4);
-        let mut buf = vec![0u8; MAX_HEAD];
-        let mut failing = false;
-        while !self.shared.stopping.load(Ordering::SeqCst) {
-            let wait = match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!("admin API accepts connections again");
-                    }
-                    self.answer(stream.into(), peer, &mut buf);
-                    continue;
-                }
-                // Nothing pending: sleep until a connection arrives or `stop` wakes us.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                // A signal, or a client that left before we took it: on to the next.
-                Err(e) if is_transient(&e) => continue,
-                Err(error) => {
-                    // Once per run of failures, not every pause.
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(%error, "admin API accept failed; retrying");
-                    }
-                    Some(ACCEPT_PAUSE)
-                }
-            };
-            if let Err(error) = self.poll.poll(&mut events, wait) {
-                if error.kind() != io::ErrorKind::Interrupted {
-                    tracing::warn!(%error, "admin API poll failed");
-                    std::thread::sleep(ACCEPT_PAUSE);
-                }
-            }
+/// Accepts connections, each served on its own task, until stopped; then lets them finish
+/// within [`STOP_GRACE`].
+async fn serve(listener: TcpListener, api: Arc<Api>, mut stopped: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = stopping(&mut stopped) => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        while let Some(done) = conns.try_join_next() {
+            reap(done);
         }
-    }
-
-    /// Reads one request from `stream`, answers it, and closes.
-    fn answer(&self, stream: TcpStream, peer: SocketAddr, buf: &mut [u8]) {
-        let mut conn = match Conn::new(stream, self.timeouts) {
-            Ok(c) => c,
+        match accepted {
+            Ok((stream, peer, slot)) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("admin API accepts connections again");
+                }
+                let conn = connection(stream, peer, Arc::clone(&api), stopped.clone(), slot);
+                conns.spawn(conn);
+            }
+            // A signal, or a client that left before we took it: on to the next.
+            Err(e) if is_transient(&e) => {}
             Err(error) => {
-                tracing::debug!(%peer, %error, "admin API connection unusable");
-                return;
-            }
-        };
-        let Some(answer) = self.receive(&mut conn, buf) else {
-            return;
-        };
-        tracing::debug!(%peer, status = answer.reply.status, "admin API request");
-        conn.restart_clock();
-        let date = http::http_date(SystemTime::now());
-        let bytes = http::encode(&answer.reply, answer.head_only, &date);
-        if let Err(error) = conn.write_all(&bytes) {
-            // The client went away or stopped reading; nothing more to do for it.
-            tracing::debug!(%peer, %error, "admin API response not delivered");
-            return;
-        }
-        if answer.linger {
-            conn.linger(buf);
-        }
-    }
-
-    /// Reads a request and dispatches it. `None` if the client closed, failed or stayed
-    /// silent before sending a byte: there is no request to answer then.
-    fn receive(&self, conn: &mut Conn, buf: &mut [u8]) -> Option<Answer> {
-        let mut filled = 0;
-        let (head, head_len) = loop {
-            // `parse_head` refuses a partial head that fills the buffer, so there is room.
-            match conn.read(&mut buf[filled..]) {
-                Ok(0) if filled == 0 => return None,
-                Ok(0) => {
-                    // Half-closed mid-head: it may still read a reply.
-                    let reply = Reply::error(400, "request ended inside its head");
-                    return Some(Answer::refusal(reply, false));
+                // Once per run of failures, not every pause.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "admin API accept failed; retrying");
                 }
-                Ok(n) => filled += n,
-                Err(e) if is_timeout(&e) && filled > 0 => {
-                    // RFC 9110 §15.5.9: a 408 says the server closes instead of waiting.
-                    let reply = Reply::error(408, "request not received in time");
-                    return Some(Answer::refusal(reply, false));
+                tokio::select! {
+                    () = stopping(&mut stopped) => break,
+                    () = tokio::time::sleep(ACCEPT_PAUSE) => {}
                 }
-                Err(_) => return None,
             }
-            match http::parse_head(&buf[..filled]) {
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(e) => return Some(Answer::refusal(e.reply(), true)),
-            }
-        };
-        // The buffer may hold the start of the body and, past it, bytes of another request.
-        let declared = head.content_length.unwrap_or(0);
-        let body_end = head_len.saturating_add(declared);
-        let early = &buf[head_len..filled.min(body_end)];
-        let mut body = Body {
-            conn,
-            early,
-            remaining: declared - early.len(),
-            // The client already sending the body has stopped waiting (RFC 9110 §10.1.1).
-            owe_continue: head.expect_continue && early.is_empty(),
-        };
-        let incoming = Incoming {
-            method: &head.method,
-            target: &head.target,
-            authorization: head.authorization.as_deref(),
-            length: head.content_length,
-            body: &mut body,
-        };
-        let reply = dispatch(&self.view, self.key.as_deref(), incoming);
-        let unread = body.remaining > 0 || !body.early.is_empty() || filled > body_end;
-        Some(Answer {
-            reply,
-            head_only: head.is_head(),
-            linger: unread,
-        })
+        }
+    }
+    drop(listener);
+    let finish = async {
+        while let Some(done) = conns.join_next().await {
+            reap(done);
+        }
+    };
+    if tokio::time::timeout(STOP_GRACE, finish).await.is_err() {
+        tracing::warn!(left = conns.len(), "admin API requests cut off at stop");
+        conns.shutdown().await;
     }
 }
 
-/// What to send back on a connection.
-struct Answer {
-    reply: Reply,
-    /// HEAD: the headers without the body.
-    head_only: bool,
-    /// Some of the request may be unread: close gracefully (see the module docs).
-    linger: bool,
+/// Waits for a connection slot, then for a connection. Without a free slot the listener is
+/// not polled, so extra clients wait in the kernel's backlog.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .map_err(io::Error::other)?;
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, slot))
 }
 
-impl Answer {
-    /// A reply sent instead of reading the request to its end.
-    fn refusal(reply: Reply, linger: bool) -> Answer {
-        Answer {
-            reply,
-            head_only: false,
-            linger,
+/// Resolves once a stop is asked for (or the [`ApiServer`] is gone).
+async fn stopping(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Logs a connection task that did not end normally.
+fn reap(done: Result<(), JoinError>) {
+    if let Err(error) = done {
+        if error.is_panic() {
+            tracing::error!(%error, "admin API connection task panicked");
         }
     }
 }
 
-/// An accepted connection and the clock it runs against.
-struct Conn {
+/// The future a request's answer is: boxed, so that hyper can poll the connection by
+/// reference and hand the socket back when it is done (see [`connection`]).
+type Answering = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+/// Serves one connection with hyper until either side ends it or the server stops, then
+/// closes it, lingering if input may be unread. `_slot` is its place under
+/// [`MAX_CONNECTIONS`], freed when this returns.
+async fn connection(
     stream: TcpStream,
-    timeouts: Timeouts,
-    /// When the current phase (receiving the request, or delivering the reply) must be over.
-    deadline: Instant,
+    peer: SocketAddr,
+    api: Arc<Api>,
+    mut stopped: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Set when a reply went out over a body that was not read.
+    let unread = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (api, unread) = (Arc::clone(&api), Arc::clone(&unread));
+        service_fn(move |req| -> Answering {
+            Box::pin(respond(Arc::clone(&api), Arc::clone(&unread), req))
+        })
+    };
+    let io = TokioIo::new(WriteLimit::new(stream, api.timeouts.io));
+    let mut conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(api.timeouts.io)
+        .max_buf_size(MAX_BUF)
+        .max_header_size(MAX_HEAD)
+        .serve_connection(io, service);
+    let served = {
+        let mut stop = pin!(stopping(&mut stopped));
+        let mut shutting = false;
+        poll_fn(|cx| {
+            if !shutting && stop.as_mut().poll(cx).is_ready() {
+                shutting = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            // Not shut down by hyper: the socket comes back for a lingering close.
+            conn.poll_without_shutdown(cx)
+        })
+        .await
+    };
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "admin API connection ended");
+    }
+    let parts = conn.into_parts();
+    let left_over = unread.load(Ordering::Relaxed) || !parts.read_buf.is_empty();
+    close(parts.io.into_inner().stream, left_over).await;
 }
 
-impl Conn {
-    fn new(stream: TcpStream, timeouts: Timeouts) -> io::Result<Conn> {
-        // Accepted non-blocking from the mio listener; this thread waits on it with timeouts.
-        stream.set_nonblocking(false)?;
-        Ok(Conn {
-            stream,
-            timeouts,
-            deadline: Instant::now() + timeouts.request,
-        })
+/// Closes a connection hyper is done with. With input unread (`left_over`, or bytes waiting
+/// on the socket), it lingers first (see the module docs); otherwise a plain close ends it
+/// with FIN.
+async fn close(mut stream: TcpStream, left_over: bool) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let waiting = matches!(stream.try_read(&mut scratch), Ok(n) if n > 0);
+    if !(left_over || waiting) || stream.shutdown().await.is_err() {
+        return;
     }
-
-    /// Starts the reply phase's clock: the handler's time is not the client's fault.
-    fn restart_clock(&mut self) {
-        self.deadline = Instant::now() + self.timeouts.request;
-    }
-
-    /// How long the next read or write may wait: `io`, cut to what is left of the deadline.
-    fn wait_limit(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-        }
-        // A zero timeout is refused by the socket (it would mean "wait forever").
-        Ok(left.min(self.timeouts.io).max(Duration::from_millis(1)))
-    }
-
-    /// One read, waiting at most [`Conn::wait_limit`]. `Ok(0)` is the client closing.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            self.stream.set_read_timeout(Some(self.wait_limit()?))?;
-            match self.stream.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-
-    /// Writes all of `bytes`, each write waiting at most [`Conn::wait_limit`].
-    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            self.stream.set_write_timeout(Some(self.wait_limit()?))?;
-            match self.stream.write(bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Shuts our side and discards input until the client closes (see the module docs).
-    fn linger(&mut self, scratch: &mut [u8]) {
-        if self.stream.shutdown(Shutdown::Write).is_err() {
-            return;
-        }
-        self.deadline = self.deadline.min(Instant::now() + LINGER);
+    let drain = async {
         let mut drained = 0;
         while drained < LINGER_BYTES {
-            match self.read(scratch) {
+            match stream.read(&mut scratch).await {
                 Ok(n) if n > 0 => drained += n,
                 _ => return,
             }
         }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Answers one request: the reply, with `Connection: close` when its body was left unread,
+/// since hyper cannot then read a next request on this connection.
+async fn respond(
+    api: Arc<Api>,
+    unread: Arc<AtomicBool>,
+    req: Request<RequestBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (head, body) = req.into_parts();
+    let answer = answer(&api, &head, body).await;
+    let status = answer.reply.status;
+    tracing::debug!(method = %head.method, path = head.uri.path(), status, "admin API request");
+    let mut res = http::response(answer.reply);
+    if answer.body_left {
+        unread.store(true, Ordering::Relaxed);
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(res)
+}
+
+/// A reply, and whether the request's body was left (partly) unread.
+struct Answer {
+    reply: Reply,
+    body_left: bool,
+}
+
+/// The checks before routing, routing, the body if the route wants it, then the handler:
+/// the order that keeps a refused request from having its body read.
+async fn answer(api: &Api, head: &Parts, body: RequestBody) -> Answer {
+    let has_body = !body.is_end_stream();
+    let refused = |reply| Answer {
+        reply,
+        body_left: has_body,
+    };
+    if let Some(reply) = http::refusal(head, &body) {
+        return refused(reply);
+    }
+    let call = match dispatch(api.key.as_deref(), &http::incoming(head)) {
+        Ok(call) => call,
+        Err(reply) => return refused(reply),
+    };
+    let (bytes, body_left) = if call.wants_body() {
+        match http::read_body(body, api.timeouts.request).await {
+            Ok(bytes) => (bytes, false),
+            Err(reply) => return refused(reply),
+        }
+    } else {
+        (Bytes::new(), has_body)
+    };
+    let reply = run(api, call, bytes).await;
+    Answer { reply, body_left }
+}
+
+/// Runs `call` on the blocking pool: handlers wait for the shards, which must not stall the
+/// runtime that serves every other connection.
+async fn run(api: &Api, call: Call, body: Bytes) -> Reply {
+    let view = api.view.clone();
+    match tokio::task::spawn_blocking(move || call.run(&view, &body)).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::error!(%error, "admin API handler failed");
+            Reply::error(500, "internal error")
+        }
     }
 }
 
-/// A request's body as the router reads it: the bytes that came with the head, then the rest
-/// from the socket, never past the declared length. `100 Continue` goes out at the first read
-/// that needs the socket, so a request refused before its body is read (404, 405, 401)
-/// never invites the body.
-struct Body<'c, 'b> {
-    conn: &'c mut Conn,
-    /// Body bytes read together with the head, not yet handed out.
-    early: &'b [u8],
-    /// Body bytes still to read from the socket.
-    remaining: usize,
-    /// The client waits for `100 Continue` and has not had it.
-    owe_continue: bool,
+/// A socket whose writes fail once one has waited [`Timeouts::io`] without progress. hyper has
+/// no write timeout of its own, and a client that stops reading its reply must not hold a
+/// connection slot for ever.
+struct WriteLimit {
+    stream: TcpStream,
+    limit: Duration,
+    /// Running while a write is blocked; cleared by any progress.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
-impl Read for Body<'_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if !self.early.is_empty() {
-            let n = out.len().min(self.early.len());
-            out[..n].copy_from_slice(&self.early[..n]);
-            self.early = &self.early[n..];
-            return Ok(n);
+impl WriteLimit {
+    fn new(stream: TcpStream, limit: Duration) -> WriteLimit {
+        WriteLimit {
+            stream,
+            limit,
+            stall: None,
         }
-        if self.remaining == 0 || out.is_empty() {
-            return Ok(0);
+    }
+
+    /// `polled`, or `TimedOut` if writing has been blocked for the whole limit.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall = None;
+            return polled;
         }
-        if std::mem::take(&mut self.owe_continue) {
-            self.conn.write_all(http::CONTINUE)?;
+        let limit = self.limit;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
-        let want = out.len().min(self.remaining);
-        let n = self.conn.read(&mut out[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body shorter than its Content-Length",
-            ));
-        }
-        self.remaining -= n;
-        Ok(n)
     }
 }
 
-/// A socket timeout: `WouldBlock` on Unix, `TimedOut` elsewhere and for our own deadline.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+impl AsyncRead for WriteLimit {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteLimit {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Accept errors that concern one connection (or none), not the listener.

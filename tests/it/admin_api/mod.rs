@@ -468,9 +468,11 @@ fn hostile_requests_are_refused_and_the_api_keeps_serving() {
             400,
         ),
         (big_head.as_bytes(), 431),
+        // Chunked bodies are read, but a chunk that is not one is refused.
         (
-            b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-            501,
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+              Transfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n0\r\n\r\n",
+            400,
         ),
     ];
     for (bytes, status) in cases {
