@@ -97,6 +97,15 @@ pub enum Req {
         /// Where the number of connections it reached goes (once).
         tally: Tally,
     },
+    /// From a channel's owner: the channel has watchers (presence events) on this node, or
+    /// (`on: false`) has none left. While it has, the bus tells the owner every
+    /// [`PRESENCE_POLL`] who is in it on the other live nodes.
+    Watch {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Watchers now, or none left.
+        on: bool,
+    },
     /// A shard's count for the bus's direct-message token `token`.
     DirectCount {
         /// The bus thread's token.
@@ -157,7 +166,20 @@ pub enum BusEvent {
     },
     /// A readiness canary came back through Redis; the shard records that it saw it.
     Canary,
+    /// Who is in a watched channel on the other live nodes (named as the cluster's lists
+    /// name them, at most `max_presence_members`), for the owner's join and leave events.
+    Others {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The users present elsewhere.
+        users: Vec<Arc<str>>,
+    },
 }
+
+/// How often the bus reads the other nodes' members of each watched channel: the delay, at
+/// most, between a user joining or leaving on another node (or that node dying, plus its
+/// TTL) and the join or leave event on this one.
+pub const PRESENCE_POLL: Duration = Duration::from_secs(1);
 
 /// A node as the registry shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -91,6 +91,7 @@ pub fn start(
         dirty: VecDeque::new(),
         dirty_set: HashSet::new(),
         topics: HashSet::new(),
+        watched: HashSet::new(),
         mirror: HashMap::new(),
         gone: HashSet::new(),
         users: HashMap::new(),
@@ -144,6 +145,8 @@ struct Worker {
     dirty_set: HashSet<(Arc<str>, Arc<str>)>,
     /// Channels this node receives (subscribed whenever connected).
     topics: HashSet<Arc<str>>,
+    /// Channels with presence watchers on this node, polled every [`super::PRESENCE_POLL`].
+    watched: HashSet<Arc<str>>,
     /// This node's presence counts: channel → user → connections.
     mirror: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     /// (channel, user) whose count dropped to 0 while Redis was away: deleted on reconnect.
@@ -281,6 +284,8 @@ impl Worker {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        let mut poll = tokio::time::interval(super::PRESENCE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Everything pub/sub has already delivered goes to the shards before the next
             // round trip: one round trip per batch, not per message.
@@ -306,6 +311,7 @@ impl Worker {
                 },
                 _ = beat.tick() => self.heartbeat(&mut link).await?,
                 _ = sweep.tick() => self.expire_directs(),
+                _ = poll.tick(), if !self.watched.is_empty() => self.poll_watched(&mut link).await?,
             }
         }
     }
@@ -369,6 +375,12 @@ impl Worker {
                 self.local_round(&user, what, RoundFor::Sender(tally));
             }
             Req::DirectCount { token, count } => self.round_count(token, count),
+            Req::Watch { channel, on: true } => {
+                self.watched.insert(channel);
+            }
+            Req::Watch { channel, on: false } => {
+                self.watched.remove(&channel);
+            }
             Req::List { channel, to } if !connected => {
                 let members = self.local_members(&channel);
                 self.answer_list(&channel, to, members);
@@ -679,6 +691,7 @@ fn peek(req: &Req) -> Option<Peek> {
         | Req::Publish { .. }
         | Req::Direct { .. }
         | Req::DirectCount { .. }
+        | Req::Watch { .. }
         | Req::Presence { .. } => return None,
     })
 }

@@ -16,10 +16,18 @@
 //! subscribe, so it never sees its own join), and a presence reply travels the same path as
 //! the events: it reflects every event delivered before it and none after.
 //!
+//! **Other nodes (Redis bus).** While a channel has watchers here, the owner tells the bus
+//! ([`crate::bus::Req::Watch`]), which reads the channel's members on the other live nodes
+//! every [`crate::bus::PRESENCE_POLL`] and hands the owner the list
+//! ([`crate::bus::BusEvent::Others`]). A user counts as present when it has a connection here
+//! or is on that list; the owner sends a join or leave when that changes, whichever side
+//! changed it. So a watcher hears of users on other nodes within about a poll (plus the
+//! node TTL when a node dies), and hears of a user on two nodes once.
+//!
 //! Plain deliveries do not pass through here: presence costs one message per subscribe and
 //! per unsubscribe, and nothing per published message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -114,6 +122,8 @@ struct OwnedPresence {
     set: Presence,
     /// Bit i = shard i has watchers.
     watching: u64,
+    /// Users present on other nodes, as the bus last said (kept only while watched).
+    remote: HashSet<Arc<str>>,
 }
 
 impl Shard {
@@ -210,10 +220,16 @@ impl Shard {
                 }
                 let o = self.hub.presence.owned.entry(Arc::clone(&channel));
                 let o = o.or_default();
+                let watched = o.watching != 0;
                 if watch {
                     o.watching |= 1u64 << shard;
                 }
-                if o.set.join(&user, max) {
+                let now_watched = !watched && o.watching != 0;
+                let first = o.set.join(&user, max) && !o.remote.contains(&user);
+                if now_watched {
+                    self.bus_watch(&channel, true);
+                }
+                if first {
                     self.presence_emit(&channel, PresenceEvent::Join, &user);
                 }
             }
@@ -234,14 +250,22 @@ impl Shard {
                         delta: -1,
                     });
                 }
+                let watched = o.watching != 0;
                 if unwatch {
                     o.watching &= !(1u64 << shard);
                 }
-                let left = o.set.leave(&user);
+                let unwatched = watched && o.watching == 0;
+                if unwatched {
+                    o.remote.clear();
+                }
+                let last = o.set.leave(&user) && !o.remote.contains(&user);
                 if o.set.is_empty() && o.watching == 0 {
                     self.hub.presence.owned.remove(&channel);
                 }
-                if left {
+                if unwatched {
+                    self.bus_watch(&channel, false);
+                }
+                if last {
                     self.presence_emit(&channel, PresenceEvent::Leave, &user);
                 }
             }
@@ -254,6 +278,47 @@ impl Shard {
                 }
             }
             PresenceCmd::Event { channel, frame } => self.presence_deliver(&channel, frame),
+        }
+    }
+
+    /// The owner tells the bus that `channel` has watchers here, or none left.
+    fn bus_watch(&self, channel: &Arc<str>, on: bool) {
+        if let Some(bus) = &self.bus {
+            let channel = Arc::clone(channel);
+            bus.send(crate::bus::Req::Watch { channel, on });
+        }
+    }
+
+    /// The owner hears who is in `channel` on the other nodes: a join for each user who
+    /// was present nowhere, a leave for each who now is present nowhere.
+    pub(super) fn presence_others(&mut self, channel: &Arc<str>, users: Vec<Arc<str>>) {
+        let Some(o) = self.hub.presence.owned.get_mut(channel) else {
+            return;
+        };
+        if o.watching == 0 {
+            return;
+        }
+        let now: HashSet<Arc<str>> = users.into_iter().collect();
+        let here = |u: &Arc<str>| o.set.connections(u) > 0;
+        let mut joins: Vec<Arc<str>> = now
+            .iter()
+            .filter(|u| !o.remote.contains(*u) && !here(u))
+            .cloned()
+            .collect();
+        let mut leaves: Vec<Arc<str>> = o
+            .remote
+            .iter()
+            .filter(|u| !now.contains(*u) && !here(u))
+            .cloned()
+            .collect();
+        o.remote = now;
+        joins.sort_unstable();
+        leaves.sort_unstable();
+        for user in leaves {
+            self.presence_emit(channel, PresenceEvent::Leave, &user);
+        }
+        for user in joins {
+            self.presence_emit(channel, PresenceEvent::Join, &user);
         }
     }
 

@@ -113,6 +113,7 @@ impl Shard {
     /// Something from the bus thread about a channel this shard owns.
     pub(super) fn relay_event(&mut self, ev: BusEvent) {
         match ev {
+            BusEvent::Others { channel, users } => self.presence_others(&channel, users),
             BusEvent::Canary => {
                 if let Some(bus) = &self.bus {
                     bus.state.canary_seen();

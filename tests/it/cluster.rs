@@ -390,6 +390,86 @@ fn cluster_direct_messages_reach_the_user_on_every_node() {
     }
 }
 
+/// A watcher of `ch` as `user` on `node`: subscribed with presence events, its reply read.
+fn watcher(node: &Node, user: &str, ch: &str) -> Ws {
+    let mut ws = connect_as(node.addr(), user);
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 1, "channel": ch, "presence": true}),
+    );
+    let (r, _) = reply(&mut ws, 1);
+    assert_eq!(r["ok"], true, "{user} on {}: {r}", node.id);
+    ws
+}
+
+/// The next presence event `ws` gets: ("join" or "leave", user).
+fn event(ws: &mut Ws, who: &str) -> (String, String) {
+    let e = recv(ws);
+    for kind in ["join", "leave"] {
+        if let Some(user) = e[kind]["user"].as_str() {
+            return (kind.to_owned(), user.to_owned());
+        }
+    }
+    panic!("{who}: not a presence event: {e}");
+}
+
+fn ev(kind: &str, user: &str) -> (String, String) {
+    (kind.to_owned(), user.to_owned())
+}
+
+#[test]
+fn cluster_presence_events_tell_a_watcher_about_users_on_every_node_once() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, 3, &["--jwt-secret", SECRET, "--node-ttl", "2s"]);
+    let mut w = watcher(&nodes[0], "watcher", "room");
+
+    // Carol first on b: a join from the other node.
+    let carol_b = member(&nodes[1], "carol", "room");
+    assert_eq!(event(&mut w, "watcher"), ev("join", "carol"));
+    // Carol also on a, the watcher's node: she is already present, so nothing. She leaves b
+    // (still here on a), then a: one leave, whichever node's view changes last.
+    let carol_a = member(&nodes[0], "carol", "room");
+    drop(carol_b);
+    let gone_from_b = wait_until(PATIENCE, || {
+        let r = nodes[0].get("/channels/room/presence").json();
+        members(&r) == list(&[("carol", 1), ("watcher", 1)])
+    });
+    assert!(gone_from_b, "carol's connection on b is still listed");
+    drop(carol_a);
+    assert_eq!(event(&mut w, "watcher"), ev("leave", "carol"));
+
+    // Dave on c, then c dies: his leave comes within the node TTL (plus a poll).
+    let dave = member(&nodes[2], "dave", "room");
+    assert_eq!(event(&mut w, "watcher"), ev("join", "dave"));
+    nodes[2].kill();
+    assert_eq!(event(&mut w, "watcher"), ev("leave", "dave"));
+    drop(dave);
+
+    // A watcher on b hears about a's users too, and the stream of events stays in step with
+    // the list: erin joins on a.
+    let mut w_b = watcher(&nodes[1], "watcher-b", "room");
+    let erin = member(&nodes[0], "erin", "room");
+    // b's first read of a's members may come before or after erin's subscribe; either way the
+    // events end with erin present, and name only users that are in the room.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&ev("join", "erin")) {
+        seen.push(event(&mut w_b, "watcher-b"));
+        assert!(seen.len() <= 3, "watcher-b: {seen:?}");
+    }
+    for (kind, user) in &seen {
+        assert_eq!(kind, "join", "watcher-b: {seen:?}");
+        assert!(
+            ["watcher", "erin"].contains(&user.as_str()),
+            "watcher-b: {seen:?}"
+        );
+    }
+    // The first watcher hears of the second one (a user on b) and of erin (local).
+    let mut heard = vec![event(&mut w, "watcher"), event(&mut w, "watcher")];
+    heard.sort();
+    assert_eq!(heard, vec![ev("join", "erin"), ev("join", "watcher-b")]);
+    drop(erin);
+}
+
 /// The close frame `ws` gets next (data before it is skipped): its code and reason.
 fn closed_with(ws: &mut Ws, who: &str) -> (u16, String) {
     loop {

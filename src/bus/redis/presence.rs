@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{keys, shard_of, Link, Result, Worker};
+use crate::bus::BusEvent;
 use crate::hub::wire;
 use crate::shard::{Asker, Command, HubCmd, Members, PresenceCmd};
 
@@ -127,6 +128,49 @@ impl Worker {
     ) -> Result<Members> {
         self.refresh_nodes(link).await?;
         let live: HashSet<String> = self.state.nodes().into_iter().map(|n| n.id).collect();
+        let mut counts = self.others(link, channel, &live).await?;
+        for (user, &n) in self.mirror.get(channel).into_iter().flatten() {
+            if n > 0 {
+                *counts
+                    .entry(cluster_user(&self.state.node_id, user))
+                    .or_default() += n;
+            }
+        }
+        Ok(bounded(counts, self.cfg.max_presence_members))
+    }
+
+    /// Every watched channel's members on the other live nodes, to its owner (which turns
+    /// the differences into join and leave events).
+    pub(super) async fn poll_watched(&mut self, link: &mut Link) -> Result<()> {
+        self.refresh_nodes(link).await?;
+        let live: HashSet<String> = self.state.nodes().into_iter().map(|n| n.id).collect();
+        let channels: Vec<Arc<str>> = self.watched.iter().cloned().collect();
+        for channel in channels {
+            let counts = self.others(link, &channel, &live).await?;
+            let users = bounded(counts, self.cfg.max_presence_members)
+                .members
+                .into_iter()
+                .map(|(user, _)| user)
+                .collect();
+            self.tell_owner(
+                &channel,
+                BusEvent::Others {
+                    channel: Arc::clone(&channel),
+                    users,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The channel's members on the live nodes other than this one, by cluster name; fields
+    /// of dead nodes are deleted.
+    async fn others(
+        &mut self,
+        link: &mut Link,
+        channel: &str,
+        live: &HashSet<String>,
+    ) -> Result<HashMap<String, u32>> {
         let key = keys::key(channel, "presence");
         let fields: Vec<(String, u32)> = redis::cmd("HGETALL")
             .arg(&key)
@@ -148,13 +192,6 @@ impl Worker {
             }
             *counts.entry(cluster_user(node, user)).or_default() += n;
         }
-        for (user, &n) in self.mirror.get(channel).into_iter().flatten() {
-            if n > 0 {
-                *counts
-                    .entry(cluster_user(&self.state.node_id, user))
-                    .or_default() += n;
-            }
-        }
         if !dead.is_empty() {
             redis::cmd("HDEL")
                 .arg(&key)
@@ -162,7 +199,7 @@ impl Worker {
                 .query_async::<()>(&mut link.conn)
                 .await?;
         }
-        Ok(bounded(counts, self.cfg.max_presence_members))
+        Ok(counts)
     }
 
     /// This node's own members of `channel` (when Redis is away).
