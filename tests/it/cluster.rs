@@ -350,33 +350,49 @@ fn cluster_presence_spans_nodes_and_a_killed_nodes_members_leave_within_its_ttl(
     drop(on_b);
 }
 
-#[test]
-fn cluster_direct_messages_reach_the_user_on_every_node() {
-    let redis = Redis::start();
-    let nodes = cluster(&redis, 3, &["--jwt-secret", SECRET]);
+/// Bob once on node a and twice on b, each connection known to its node (it answered a ping).
+fn bob_on_a_and_twice_on_b(nodes: &[Node]) -> [Ws; 3] {
     let mut bobs = [
         connect_as(nodes[0].addr(), "bob"),
         connect_as(nodes[1].addr(), "bob"),
         connect_as(nodes[1].addr(), "bob"),
     ];
-    let mut alice = connect_as(nodes[2].addr(), "alice");
-    // Each of bob's connections is known to its node once it answers a ping.
     for (i, b) in bobs.iter_mut().enumerate() {
         assert!(ping(b, &format!("bob {i}")).is_empty());
     }
-    // A node listens for a user's messages once the user has a connection there; until every
-    // node does, a try counts fewer. Tries are numbered so that each copy is told apart.
+    bobs
+}
+
+/// Sends `from` direct messages to bob, `{"try": n}` for n = 1, 2, ..., until one reaches
+/// `want` connections: a node listens for a user's messages once the user has a connection
+/// there, and until every node does, a try counts fewer. The number of tries and the last
+/// reply.
+fn direct_to_bob_until(from: &mut Ws, want: u64) -> (u64, Value) {
     let (mut tries, mut last) = (0u64, Value::Null);
     let all = wait_until(PATIENCE, || {
         tries += 1;
         send(
-            &mut alice,
+            from,
             json!({"op": "direct", "id": tries, "user": "bob", "data": {"try": tries}}),
         );
-        last = reply(&mut alice, tries).0;
-        last["delivered"] == 3
+        last = reply(from, tries).0;
+        last["delivered"] == want
     });
-    assert!(all, "delivered to every connection of bob's: {last}");
+    assert!(
+        all,
+        "never delivered to {want} connections of bob's: {last}"
+    );
+    (tries, last)
+}
+
+#[test]
+fn cluster_direct_messages_reach_the_user_on_every_node() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3, &["--jwt-secret", SECRET]);
+    let mut bobs = bob_on_a_and_twice_on_b(&nodes);
+    let mut alice = connect_as(nodes[2].addr(), "alice");
+    // Tries are numbered so that each copy is told apart.
+    let (tries, _) = direct_to_bob_until(&mut alice, 3);
     // Each connection got the last try once, after at most one copy of each earlier try.
     for (i, b) in bobs.iter_mut().enumerate() {
         let mut prev = 0;
@@ -486,28 +502,12 @@ fn closed_with(ws: &mut Ws, who: &str) -> (u16, String) {
 fn cluster_disconnect_by_the_admin_api_closes_the_user_on_every_node() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 3, &["--jwt-secret", SECRET]);
-    let mut bobs = [
-        connect_as(nodes[0].addr(), "bob"),
-        connect_as(nodes[1].addr(), "bob"),
-        connect_as(nodes[1].addr(), "bob"),
-    ];
+    let mut bobs = bob_on_a_and_twice_on_b(&nodes);
     let mut carol = connect_as(nodes[0].addr(), "carol");
     let mut alice = connect_as(nodes[2].addr(), "alice");
-    for (i, b) in bobs.iter_mut().enumerate() {
-        assert!(ping(b, &format!("bob {i}")).is_empty());
-    }
     // Every node with a connection of bob's listens for him once a direct message reaches
     // all three; only then is the disconnect below sure to be heard everywhere.
-    let mut tries = 0u64;
-    let all = wait_until(PATIENCE, || {
-        tries += 1;
-        send(
-            &mut alice,
-            json!({"op": "direct", "id": tries, "user": "bob", "data": tries}),
-        );
-        reply(&mut alice, tries).0["delivered"] == 3
-    });
-    assert!(all, "bob's three connections were never all reachable");
+    direct_to_bob_until(&mut alice, 3);
 
     // Sent to node 2, which holds none of bob's connections.
     let r = nodes[2].post("/users/bob/disconnect", &json!({}));
