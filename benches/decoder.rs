@@ -7,7 +7,7 @@
 //! generator does. Throughput counts stream bytes.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use starling::proto::frame::encode_header;
+use starling::proto::frame::{encode_frame_into, encode_header};
 use starling::proto::mask::apply_mask;
 use starling::proto::{Decoder, Event, Flow, OpCode, Role, MAX_HEADER_LEN};
 
@@ -118,5 +118,38 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode);
+/// The echo benchmark's read: 64 masked 32-byte binary frames arriving together, decoded and
+/// each answered with an unmasked frame appended to one output buffer, as the shard's echo
+/// app does. Throughput counts messages.
+fn echo_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("echo_64x32B");
+    let mut input = Vec::new();
+    for i in 0..64u32 {
+        let key = (i.wrapping_mul(0x9e37_79b9) | 1).to_le_bytes();
+        push(&mut input, true, OpCode::Binary, &[b'p'; 32], Some(key));
+    }
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("decode_and_encode", |b| {
+        let mut out = Vec::with_capacity(4096);
+        let mut dec = Decoder::new(Role::Server, 1 << 20);
+        b.iter_batched_ref(
+            || input.clone(),
+            |buf| {
+                out.clear();
+                let n = dec.feed(buf, |ev| {
+                    if let Event::Binary(p) = ev {
+                        encode_frame_into(&mut out, OpCode::Binary, p, None);
+                    }
+                    Flow::Continue
+                });
+                black_box(n.ok());
+                black_box(out.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, echo_batch);
 criterion_main!(benches);

@@ -86,18 +86,22 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let word = |c: &[u8]| {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
         u64::from_ne_bytes(w)
     };
-    let tails = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .all(|(x, y)| x == y);
-    tails && ca.zip(cb).all(|(x, y)| word(x) == word(y))
+    let n = a.len();
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    // The last eight bytes as one word (overlapping the chunks when the length is not a
+    // multiple of 8), then the whole words, OR-ing differences so there is one branch.
+    let mut diff = word(&a[n - 8..]) ^ word(&b[n - 8..]);
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        diff |= word(x) ^ word(y);
+    }
+    diff == 0
 }
 
 /// One fanout message's identity and timing.

@@ -171,6 +171,13 @@ impl Decoder {
     ) -> Result<usize, ProtoError> {
         let mut pos = 0;
         loop {
+            if let Some((used, flow)) = self.small_frame(&mut buf[pos..], on_event)? {
+                pos += used;
+                if flow == Flow::Stop {
+                    return Ok(pos);
+                }
+                continue;
+            }
             match self.stage {
                 Stage::Closed => return Ok(buf.len()),
                 Stage::Failed(e) => return Err(e),
@@ -223,6 +230,46 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// The fast path for what most traffic is: a whole, final text or binary frame with a
+    /// 7-bit length, masked as our role requires, starting at `input[0]` while no header is
+    /// spilled and no message is open. It checks exactly what the general path would for such
+    /// a frame (RSV bits clear, FIN set, opcode 1 or 2, the mask bit, the size limit, UTF-8
+    /// for text) and delivers the payload (unmasked in place). `None`: not such a frame, or
+    /// not all of it is here; the general path then decides, including every error.
+    #[inline(always)]
+    fn small_frame<F: FnMut(Event<'_>) -> Flow>(
+        &mut self,
+        input: &mut [u8],
+        on_event: &mut F,
+    ) -> Result<Option<(usize, Flow)>, ProtoError> {
+        let (Some(&b0), Some(&b1)) = (input.first(), input.get(1)) else {
+            return Ok(None);
+        };
+        // 0x81 / 0x82: FIN, no RSV bits, text / binary; then the mask bit our peer must set.
+        let len = usize::from(b1 & 0x7F);
+        let server = self.role == Role::Server;
+        let head = if server { 6 } else { 2 };
+        let simple = (b0 == 0x81 || b0 == 0x82) && (b1 & 0x80 != 0) == server && len < 126;
+        if !simple
+            || !matches!(self.stage, Stage::Header { len: 0, .. })
+            || self.open.is_some()
+            || len > self.max_message
+            || input.len() < head + len
+        {
+            return Ok(None);
+        }
+        let (header, rest) = input.split_at_mut(head);
+        let payload = &mut rest[..len];
+        if server {
+            apply_mask(payload, [header[2], header[3], header[4], header[5]], 0);
+        }
+        let is_text = b0 == 0x81;
+        if is_text {
+            utf8::validate(payload)?;
+        }
+        Ok(Some((head + len, on_event(data_event(is_text, payload)))))
     }
 
     /// Parses the next header from the spilled bytes plus `input`. Returns the header and how

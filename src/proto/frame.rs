@@ -159,6 +159,14 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> bytes::Bytes {
 /// Appends a whole final frame (FIN set) to `out`. With `Some(key)` the header carries the key
 /// and the appended copy of the payload is masked (client role); `payload` itself is untouched.
 pub fn encode_frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+    if mask.is_none() && payload.len() < 126 {
+        // The echo path's common case: a two-byte header of constant size, which the compiler
+        // writes inline instead of calling `memcpy` for a variable-length header copy.
+        out.reserve(2 + payload.len());
+        out.extend_from_slice(&[0x80 | opcode as u8, payload.len() as u8]);
+        out.extend_from_slice(payload);
+        return;
+    }
     let mut header = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut header, true, opcode, payload.len() as u64, mask);
     out.reserve(n + payload.len());

@@ -94,18 +94,62 @@ impl Utf8Stream {
     }
 }
 
+/// Messages up to this long are first checked for being plain ASCII a word at a time.
+const SHORT_ASCII: usize = 256;
+
 /// Validates a whole message at once: the fast path for a text message that arrived in one
-/// piece (`simdutf8::basic`, which only says yes or no).
+/// piece (`simdutf8::basic`, which only says yes or no). A short message that is all ASCII,
+/// as most JSON commands and deliveries are, is settled by OR-ing its 8-byte words and
+/// testing the high bits, which costs a fraction of the SIMD validator's set-up on 100 bytes.
 pub fn validate(bytes: &[u8]) -> Result<(), ProtoError> {
+    if bytes.len() <= SHORT_ASCII && is_ascii_words(bytes) {
+        return Ok(());
+    }
     simdutf8::basic::from_utf8(bytes)
         .map(|_| ())
         .map_err(|_| ProtoError::InvalidUtf8)
+}
+
+/// Whether every byte of `bytes` is below 0x80.
+#[inline(always)]
+fn is_ascii_words(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut high = 0u64;
+    for w in &mut words {
+        high |= u64::from_le_bytes(w.try_into().unwrap_or([0xFF; 8]));
+    }
+    for &b in words.remainder() {
+        high |= u64::from(b);
+    }
+    high & 0x8080_8080_8080_8080 == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ascii_words_find_any_high_byte() {
+        for len in 0..=40 {
+            let ascii = vec![b'a'; len];
+            assert!(is_ascii_words(&ascii));
+            assert_eq!(validate(&ascii), Ok(()));
+            for at in 0..len {
+                for high in [0x80u8, 0xC3, 0xFF] {
+                    let mut b = ascii.clone();
+                    b[at] = high;
+                    assert!(!is_ascii_words(&b), "len {len} at {at}");
+                    assert_eq!(validate(&b).is_ok(), std::str::from_utf8(&b).is_ok());
+                }
+            }
+        }
+        // Longer than the short path: the SIMD validator alone decides.
+        let mut long = vec![b'a'; SHORT_ASCII + 1];
+        assert_eq!(validate(&long), Ok(()));
+        long[SHORT_ASCII] = 0xFF;
+        assert_eq!(validate(&long), Err(ProtoError::InvalidUtf8));
+    }
 
     /// True when `bytes` can be extended to valid UTF-8 (the oracle is std's decoder).
     fn is_valid_prefix(bytes: &[u8]) -> bool {

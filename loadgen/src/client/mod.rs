@@ -401,7 +401,7 @@ impl Conn {
                     if *measuring {
                         stats.c.measured_received += 1;
                     }
-                    match (*part, &*hub) {
+                    match (*part, &mut *hub) {
                         (Part::Subscriber, Some(hub)) => {
                             let pending = *state == State::Subscribing;
                             let mut rx = Rx {

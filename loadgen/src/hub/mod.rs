@@ -28,6 +28,7 @@
 //! only when that fails walks the message with the general scanner ([`scan`]), which takes
 //! members in any order. Both are tested against `serde_json` (the slow reference).
 
+pub mod memo;
 pub mod scan;
 pub mod session;
 

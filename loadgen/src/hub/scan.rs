@@ -127,35 +127,29 @@ pub fn uint(v: &[u8]) -> Option<u64> {
 /// The unsigned integer at the start of `v` and the bytes after it. `None` without a digit,
 /// for a leading zero followed by a digit, or past `u64::MAX`.
 ///
-/// Eight digits at a time: a delivery carries four numbers of up to 13 digits, and a digit
+/// Sixteen digits at a time: a delivery carries four numbers of up to 16 digits, and a digit
 /// at a time (a multiply-add chain of one digit per step) cost more than everything else a
-/// subscriber does per message. [`leading_uint_slow`] is the reference it is tested
-/// against.
+/// subscriber does per message. Both 8-byte words are loaded and parsed independently, so
+/// the end of the number (which the next field's position waits for) is known after one
+/// load and one digit test, not after a chain of them. Longer numbers take
+/// [`leading_uint_slow`], the reference this is tested against.
 #[inline(always)]
 pub fn leading_uint(v: &[u8]) -> Option<(u64, &[u8])> {
-    let mut n: u64 = 0;
-    let mut at = 0;
-    loop {
-        let chunk = load8(&v[at..]);
-        let k = digit_run(chunk);
-        at += k;
-        // Up to 19 digits cannot overflow; 20 may, and are rare enough to take slowly.
-        if at > 19 {
-            return leading_uint_slow(v);
+    let (lo, hi) = (load8(v), load8(v.get(8..).unwrap_or(&[])));
+    let (k1, k2) = (digit_run(lo), digit_run(hi));
+    let n = if k1 < 8 {
+        if k1 == 0 {
+            return None;
         }
-        if k == 8 {
-            n = n * 100_000_000 + parse8(chunk);
-            continue;
-        }
-        if k > 0 {
-            // Shift the k digits to the top bytes and fill the bottom with '0's.
-            let shift = 8 * (8 - k as u32);
-            let padded = (chunk << shift) | (ZEROS >> (64 - shift));
-            n = n * POW10[k] + parse8(padded);
-        }
-        break;
-    }
-    if at == 0 || (at > 1 && v[0] == b'0') {
+        parse_short(lo, k1)
+    } else if k2 < 8 || !v.get(16).is_some_and(u8::is_ascii_digit) {
+        // Both words parse at once; the high one is scaled by its digit count afterwards.
+        parse8(lo) * POW10[k2] + parse_short(hi, k2)
+    } else {
+        return leading_uint_slow(v);
+    };
+    let at = if k1 < 8 { k1 } else { 8 + k2 };
+    if at > 1 && v[0] == b'0' {
         return None;
     }
     // "1.5" or "1e3" are numbers, but not whole ones written plainly.
@@ -166,28 +160,40 @@ pub fn leading_uint(v: &[u8]) -> Option<(u64, &[u8])> {
     Some((n, rest))
 }
 
+/// The first `k` (0..8) digits of `w` as a number: shifted to the top bytes with the bottom
+/// filled with '0's, then [`parse8`]. 0 for `k == 0`, the whole word for `k == 8`.
+#[inline(always)]
+fn parse_short(w: u64, k: usize) -> u64 {
+    if k == 0 {
+        return 0;
+    }
+    if k == 8 {
+        return parse8(w);
+    }
+    let shift = 8 * (8 - k as u32);
+    parse8((w << shift) | (ZEROS >> (64 - shift)))
+}
+
 /// The bytes after the unsigned integer at the start of `v`, for a number that must be
 /// there but whose value nobody needs: [`leading_uint`]'s checks without the arithmetic.
 #[inline(always)]
 pub fn skip_uint(v: &[u8]) -> Option<&[u8]> {
-    let mut at = 0;
-    loop {
-        let k = digit_run(load8(&v[at..]));
-        at += k;
-        if k < 8 {
-            break;
+    let (lo, hi) = (load8(v), load8(v.get(8..).unwrap_or(&[])));
+    let (k1, k2) = (digit_run(lo), digit_run(hi));
+    let at = match (k1, k2) {
+        (0, _) => return None,
+        (8, 8) if v.get(16).is_some_and(u8::is_ascii_digit) => {
+            return leading_uint(v).map(|(_, rest)| rest)
         }
-    }
-    if at == 0 || (at > 1 && v[0] == b'0') || at > 20 {
+        (8, k) => 8 + k,
+        (k, _) => k,
+    };
+    if at > 1 && v[0] == b'0' {
         return None;
     }
     let rest = &v[at..];
     if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
         return None;
-    }
-    // Twenty digits may be past u64::MAX, where leading_uint says no; agree with it.
-    if at == 20 {
-        leading_uint_slow(v)?;
     }
     Some(rest)
 }
@@ -257,6 +263,20 @@ fn parse8(w: u64) -> u64 {
     let pairs = (d.wrapping_mul(10) + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
     let quads = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
     (quads.wrapping_mul(10_000) + (quads >> 32)) & 0xFFFF_FFFF
+}
+
+/// The index of the first `"` in `s`, eight bytes at a time.
+#[inline(always)]
+pub fn find_quote(s: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(w) = s.get(at..).and_then(|r| r.first_chunk::<8>()) {
+        let hit = has_zero(u64::from_le_bytes(*w) ^ QUOTES);
+        if hit != 0 {
+            return Some(at + (hit.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    s[at..].iter().position(|&b| b == b'"').map(|i| at + i)
 }
 
 /// The content of a JSON string value without escapes (`None` for another kind of value,
@@ -468,6 +488,46 @@ mod tests {
                 String::from_utf8_lossy(s)
             );
         }
+        // Every length around the one-, two- and three-word boundaries, with each tail.
+        for len in 0..=22 {
+            for first in [b'0', b'1', b'9'] {
+                for tail in [&b""[..], b",", b".5", b"e1", b"x"] {
+                    let mut s: Vec<u8> = (0..len).map(|i| b'0' + (i % 10) as u8).collect();
+                    if let Some(d) = s.first_mut() {
+                        *d = first;
+                    }
+                    s.extend_from_slice(tail);
+                    assert_eq!(
+                        skip_uint(&s),
+                        leading_uint_slow(&s).map(|(_, rest)| rest),
+                        "{:?}",
+                        String::from_utf8_lossy(&s)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quotes_are_found_where_position_finds_them() {
+        for len in 0..=24 {
+            for at in 0..=len {
+                let mut s = vec![b'a'; len];
+                if at < len {
+                    s[at] = b'"';
+                }
+                // A second quote later must not be the answer.
+                s.extend_from_slice(b"x\"");
+                for (i, b) in [0x22u8 ^ 0x80, 0x02, 0xA2].into_iter().enumerate() {
+                    if at > i {
+                        s[i] = b;
+                    }
+                }
+                assert_eq!(find_quote(&s), s.iter().position(|&b| b == b'"'), "{s:?}");
+            }
+        }
+        assert_eq!(find_quote(b""), None);
+        assert_eq!(find_quote(b"abcdefghijk"), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct HubIo {
     /// connect --subscribe: deliveries each subscriber waits for (`--count`, default 1);
     /// 0 in fanout.
     pub want: u64,
+    /// Deliveries already read, shared by the thread's subscribers.
+    pub memo: super::memo::Memo,
 }
 
 impl HubIo {
@@ -47,6 +49,7 @@ impl HubIo {
             cmd: Vec::with_capacity(size + 128),
             size,
             want: 0,
+            memo: Default::default(),
         }
     }
 
@@ -58,6 +61,7 @@ impl HubIo {
             cmd: Vec::with_capacity(name.len() + 64),
             size: 0,
             want,
+            memo: Default::default(),
         }
     }
 
@@ -77,8 +81,8 @@ pub struct Rx<'a> {
     pub now: u64,
     /// In the measured phase.
     pub measuring: bool,
-    /// Channel names and `--size`.
-    pub hub: &'a HubIo,
+    /// Channel names, `--size` and the read deliveries.
+    pub hub: &'a mut HubIo,
 }
 
 /// One subscriber's subscription.
@@ -111,8 +115,9 @@ impl Subscription {
         seqs: &mut [SeqTrack],
         rx: &mut Rx<'_>,
     ) -> bool {
+        let inbound = rx.hub.memo.read(msg);
         let c = &mut rx.stats.c;
-        match super::read(msg) {
+        match inbound {
             Inbound::Reply { ok, seq, .. } if pending => {
                 self.on_reply(ok, seq, c);
                 true
@@ -200,7 +205,7 @@ impl Subscription {
     /// and its `seq` checked against the last one.
     fn count_delivery(&mut self, channel: &[u8], seq: u64, rx: &mut Rx<'_>) -> bool {
         let c = &mut rx.stats.c;
-        if *channel != *rx.hub.names[self.channel as usize] {
+        if !crate::workload::same(channel, &rx.hub.names[self.channel as usize]) {
             c.mismatches += 1;
             return false;
         }
@@ -273,7 +278,7 @@ mod tests {
                 interval: &mut self.interval,
                 now: 1_000_000,
                 measuring: true,
-                hub: &self.hub,
+                hub: &mut self.hub,
             };
             self.sub.on_message(msg, pending, &mut self.seqs, &mut rx)
         }
@@ -349,7 +354,7 @@ mod tests {
     fn a_listener_counts_times_and_checks_what_arrives() {
         let mut stats = Stats::default();
         let mut interval = new_histogram();
-        let hub = HubIo::watch("room:1", 2);
+        let mut hub = HubIo::watch("room:1", 2);
         let mut sub = Subscription::new(0);
         let mut heard = 0;
         let mut feed = |sub: &mut Subscription, msg: &str, pending: bool, heard: &mut u64| {
@@ -358,7 +363,7 @@ mod tests {
                 interval: &mut interval,
                 now: 1_000_000,
                 measuring: true,
-                hub: &hub,
+                hub: &mut hub,
             };
             sub.on_watched(msg.as_bytes(), pending, heard, &mut rx)
         };
@@ -419,7 +424,7 @@ mod tests {
             interval: &mut interval,
             now: 0,
             measuring: false,
-            hub: &hub,
+            hub: &mut hub,
         };
         assert!(refused.on_watched(br#"{"id":0,"ok":false,"error":{}}"#, true, &mut 0, &mut rx));
         assert!(!refused.live);
