@@ -222,6 +222,11 @@ impl Shard {
         let queue = &mut c.queue;
         let last_data = &mut c.last_data;
         let mut after = After::default();
+        // Echo: the replies of this whole read are encoded back to back into one buffer and
+        // queued once, the bound checked once before (a read adds at most a read buffer's
+        // worth). A queue already over its bound refuses the first message, as a push would.
+        let mut echo_out =
+            (app == App::Echo && phase.sends_data() && queue.len() <= bound).then(|| pool.take());
         let res = c.decoder.feed(data, |ev| {
             match ev {
                 Event::Text(p) | Event::Binary(p) => {
@@ -238,13 +243,11 @@ impl Shard {
                     }
                     match app {
                         App::Echo => {
-                            let st = queue.push_owned(pool, bound, |v| {
-                                frame::encode_frame_into(v, op, p, None)
-                            });
-                            if st == SendStatus::Dropped {
+                            let Some(out) = echo_out.as_mut() else {
                                 after.slow = true;
                                 return Flow::Stop;
-                            }
+                            };
+                            frame::encode_frame_into(out, op, p, None);
                             counters.messages_out += 1;
                         }
                         App::Hub if op == OpCode::Binary => {
@@ -265,7 +268,10 @@ impl Shard {
                 Event::Ping(p) => {
                     // "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
                     // response ... unless it already received a Close frame" (§5.5.2).
-                    if phase.sends_data() {
+                    if let Some(out) = echo_out.as_mut() {
+                        // Behind the echo replies read before it, in order.
+                        frame::encode_frame_into(out, OpCode::Pong, p, None);
+                    } else if phase.sends_data() {
                         let st = queue.push_owned(pool, bound, |v| {
                             frame::encode_frame_into(v, OpCode::Pong, p, None)
                         });
@@ -283,6 +289,9 @@ impl Shard {
             }
             Flow::Continue
         });
+        if let Some(out) = echo_out {
+            c.queue.push_vec(out, pool);
+        }
         let queued = !c.queue.is_empty();
         if queued {
             self.mark_dirty(idx);

@@ -119,6 +119,18 @@ impl SendQueue {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
+    /// Queues a private buffer filled elsewhere (a read's echo replies, encoded back to back)
+    /// as one chunk; an empty one goes straight back to `pool`. The caller checked the bound
+    /// before filling it.
+    pub fn push_vec(&mut self, v: Vec<u8>, pool: &mut BufPool) {
+        if v.is_empty() {
+            pool.give(v);
+            return;
+        }
+        self.queued += v.len();
+        self.chunks.push_back(Chunk::Owned(v));
+    }
+
     /// Appends bytes produced by `fill` to a private buffer (the last owned chunk when it has
     /// room, else a buffer from `pool`), unless the queue was already over `bound`.
     pub fn push_owned(
