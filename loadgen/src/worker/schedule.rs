@@ -276,11 +276,16 @@ impl Worker<'_> {
                 at = at.min(*due);
             }
         }
-        if let Some(rate) = self.spec.open_rate {
-            if self.opened < self.open_target() && !self.opens_capped() {
-                let k = (self.opened - self.pace_base) as f64;
-                at = at.min(self.pace_start + (k * 1e9 / rate) as u64);
-            }
+        if self.opened < self.open_target() && !self.opens_capped() {
+            at = at.min(match self.spec.open_rate {
+                Some(rate) => {
+                    let k = (self.opened - self.pace_base) as f64;
+                    self.pace_start + (k * 1e9 / rate) as u64
+                }
+                // As fast as possible: more opens are due now, so the poll must not wait for
+                // the server's next answer before they start.
+                None => now,
+            });
         }
         if let Some((d, _, _)) = self.handshake_q.front() {
             at = at.min(*d);
