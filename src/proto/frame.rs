@@ -158,7 +158,6 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> bytes::Bytes {
 
 /// Appends a whole final frame (FIN set) to `out`. With `Some(key)` the header carries the key
 /// and the appended copy of the payload is masked (client role); `payload` itself is untouched.
-#[inline]
 pub fn encode_frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
     if mask.is_none() && payload.len() < 126 {
         // The echo path's common case: a two-byte header of constant size, which the compiler

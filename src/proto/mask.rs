@@ -28,7 +28,6 @@ pub(crate) fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 /// Measured against a 32-byte-chunk byte zip and an `align_to_mut::<u64>` version (which needs
 /// `unsafe`), it was as fast or faster at every size (see `benches/mask.rs`), so they were
 /// dropped. The tail of fewer than 8 bytes takes the byte loop.
-#[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let k = rotate_key(key, offset);
     let word = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
