@@ -119,15 +119,25 @@ impl SendQueue {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Queues a private buffer filled elsewhere (a read's echo replies, encoded back to back)
-    /// as one chunk; an empty one goes straight back to `pool`. The caller checked the bound
-    /// before filling it.
+    /// Queues a private buffer filled elsewhere (a read's echo replies, encoded back to back).
+    /// An empty one goes straight back to `pool`. While the last chunk is owned and the two
+    /// together stay under the coalescing limit, the bytes are appended to it and `v` goes
+    /// back to `pool`, as [`SendQueue::push_owned`] would have appended them: so a reader
+    /// that takes nothing while small replies keep coming holds about its bound in heap, not
+    /// a pool buffer per read. The caller checked the bound before filling `v`.
     pub fn push_vec(&mut self, v: Vec<u8>, pool: &mut BufPool) {
         if v.is_empty() {
             pool.give(v);
             return;
         }
         self.queued += v.len();
+        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut() {
+            if tail.len() + v.len() <= COALESCE_LIMIT {
+                tail.extend_from_slice(&v);
+                pool.give(v);
+                return;
+            }
+        }
         self.chunks.push_back(Chunk::Owned(v));
     }
 
@@ -398,5 +408,47 @@ mod tests {
         }
         assert_eq!(q.chunks.len(), 1);
         assert_eq!(q.len(), 3400);
+    }
+
+    /// Echo queues one pool buffer per read. A reader that takes nothing while tiny replies
+    /// keep coming, one per read, must hold about its queued bytes in heap, not a pool
+    /// buffer's capacity per read: buffers join the owned tail, and the order is kept.
+    #[test]
+    fn per_read_buffers_join_the_owned_tail() {
+        let mut pool = BufPool::default();
+        let mut q = SendQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..20_000u32 {
+            let mut v = pool.take();
+            v.extend_from_slice(&[0x82, 0x00]);
+            v.push(i as u8);
+            expect.extend_from_slice(&v);
+            q.push_vec(v, &mut pool);
+        }
+        q.push_vec(pool.take(), &mut pool); // empty: nothing queued
+        assert_eq!(q.len(), 60_000);
+        // 60,000 bytes in chunks of at most COALESCE_LIMIT: four of them, not 20,000.
+        assert_eq!(
+            q.chunks.len(),
+            60_000usize.div_ceil(COALESCE_LIMIT - COALESCE_LIMIT % 3)
+        );
+        let held: usize = q
+            .chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Owned(v) => v.capacity(),
+                Chunk::Shared(_) => 0,
+            })
+            .sum();
+        assert!(held < 4 * 60_000, "{held} bytes of heap for 60,000 queued");
+        let mut sock = Trickle {
+            out: Vec::new(),
+            per_call: 1 << 20,
+            calls_left: 100,
+        };
+        while !q.is_empty() {
+            q.flush(&mut sock, &mut pool).unwrap();
+        }
+        assert_eq!(sock.out, expect);
     }
 }

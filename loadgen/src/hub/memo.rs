@@ -130,6 +130,10 @@ mod tests {
     use crate::workload::Stamp;
 
     fn delivery(channel: &str, seq: u64, n: u64, t: u64) -> Vec<u8> {
+        sized_delivery(channel, seq, n, t, 64)
+    }
+
+    fn sized_delivery(channel: &str, seq: u64, n: u64, t: u64, size: usize) -> Vec<u8> {
         let s = Stamp {
             publisher: 0,
             seq: n,
@@ -137,7 +141,7 @@ mod tests {
             sent_ns: t + 5,
         };
         let mut data = Vec::new();
-        super::super::write_stamp(&mut data, &s, 64);
+        super::super::write_stamp(&mut data, &s, size);
         let mut m = format!("{{\"ch\":\"{channel}\",\"seq\":{seq},\"data\":").into_bytes();
         m.extend_from_slice(&data);
         m.push(b'}');
@@ -165,6 +169,11 @@ mod tests {
             m[at] ^= 0x01;
             msgs.push(m);
         }
+        // Longer than a slot keeps, and right at the limit.
+        msgs.push(sized_delivery("bench.1", 9, 3, 1_000_063, MAX_LEN + 100));
+        let at_limit = MAX_LEN - delivery("bench.1", 10, 3, 1_000_070).len() + 64;
+        msgs.push(sized_delivery("bench.1", 10, 3, 1_000_070, at_limit));
+        assert_eq!(msgs.last().map(Vec::len), Some(MAX_LEN));
         msgs.push(b"{\"id\":1,\"ok\":true,\"seq\":3}".to_vec());
         msgs.push(b"not json at all, but long enough".to_vec());
         for round in 0..3 {

@@ -157,6 +157,7 @@ pub fn run(
         pace_base: 0,
         opened: 0,
         pubs_opened: 0,
+        opens_progressed: false,
         pending: 0,
         open_now: 0,
         handshake_q: VecDeque::new(),
@@ -192,6 +193,10 @@ struct Worker<'a> {
     /// Main connections (or churn cycles) started.
     opened: u64,
     pubs_opened: u64,
+    /// The last `open_due` pass started at least one connection (unpaced opens then keep the
+    /// poll from waiting; a pass whose opens all failed lets it wait, so a dead target is
+    /// not retried in a busy loop).
+    opens_progressed: bool,
     /// Handshakes in flight.
     pending: u64,
     /// Connections open (upgraded, not yet closed).

@@ -38,6 +38,7 @@ impl Worker<'_> {
 
     pub(super) fn open_due(&mut self, now: u64) {
         let target = self.open_target();
+        self.opens_progressed = false;
         for _ in 0..OPENS_PER_PASS {
             if self.phase == Phase::Ramp && self.pubs_opened < self.spec.pubs.1 {
                 let id = self.spec.pubs.0 + self.pubs_opened;
@@ -116,6 +117,7 @@ impl Worker<'_> {
             self.io.stats.failures.count_io(&e);
             return;
         }
+        self.opens_progressed = true;
         let mut conn = Conn::new(stream, part, global, target, &mut self.io);
         conn.intended_ns = intended;
         self.pending += 1;
@@ -283,8 +285,10 @@ impl Worker<'_> {
                     self.pace_start + (k * 1e9 / rate) as u64
                 }
                 // As fast as possible: more opens are due now, so the poll must not wait for
-                // the server's next answer before they start.
-                None => now,
+                // the server's next answer before they start, unless the last pass could
+                // start none (then the next tick or event retries).
+                None if self.opens_progressed => now,
+                None => at,
             });
         }
         if let Some((d, _, _)) = self.handshake_q.front() {
