@@ -107,6 +107,12 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Listen backlog per shard listener (capped by net.core.somaxconn).
     pub backlog: i32,
+    /// TCP Fast Open on each listener: the most connections whose SYN carried data (the
+    /// upgrade request) that may wait for their handshake to finish; 0 = off. A client that
+    /// uses it saves one packet and a round trip per connection. The kernel also needs the
+    /// server bit in `net.ipv4.tcp_fastopen` (`sysctl -w net.ipv4.tcp_fastopen=3`: client and
+    /// server).
+    pub tcp_fastopen: u32,
     /// Where the admin HTTP API (health, readiness, metrics, stats) listens; `None` = no API.
     /// Its own port, so probes and scrapes never queue behind WebSocket upgrades, and loopback
     /// so that exposing the counters is a decision (it then needs `api_key`).
@@ -183,6 +189,7 @@ impl Default for Config {
             max_connections_per_shard: 0,
             stats_interval: Duration::from_secs(10),
             backlog: 4096,
+            tcp_fastopen: 0,
             api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             api_key: None,
             history_size: 100,
@@ -461,6 +468,10 @@ pub struct ServeArgs {
     /// Largest upgrade request header block; larger ones get HTTP 431 [default: 8192].
     #[arg(long, value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// TCP Fast Open queue length per listener, 0 = off: clients may send the upgrade
+    /// request in their SYN. Needs the server bit (2) in net.ipv4.tcp_fastopen [default: 0].
+    #[arg(long, value_name = "QLEN")]
+    pub tcp_fastopen: Option<u32>,
     /// Bytes one connection may have waiting to be sent before it is closed with 1008 as a slow
     /// consumer [default: 1048576].
     #[arg(long, value_name = "BYTES")]
@@ -602,6 +613,7 @@ impl ServeArgs {
             shards,
             max_message_size,
             max_header_bytes,
+            tcp_fastopen,
             max_backpressure,
             handshake_timeout,
             ping_interval,

@@ -76,6 +76,8 @@ pub struct Plan {
     pub procs: usize,
     /// Text frames instead of binary.
     pub text: bool,
+    /// TCP Fast Open on every connection.
+    pub fastopen: bool,
     /// Connect + handshake timeout.
     pub timeout: Duration,
     /// Handshakes in flight per process when no rate paces them.
@@ -261,6 +263,7 @@ impl Plan {
             threads,
             procs: a.procs,
             text: a.text,
+            fastopen: a.fastopen,
             timeout: a.timeout,
             concurrency: a.concurrency,
             drain: a.drain,

@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Binds a non-blocking listener with SO_REUSEADDR and SO_REUSEPORT.
-pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// Binds a non-blocking listener with SO_REUSEADDR and SO_REUSEPORT, and TCP Fast Open with
+/// a queue of `fastopen` when it is not 0.
+pub fn bind(addr: SocketAddr, backlog: i32, fastopen: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -21,8 +22,32 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
+    if fastopen > 0 {
+        set_fastopen(&socket, fastopen)?;
+    }
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// `TCP_FASTOPEN` with queue length `qlen` (socket2 has no setter for it).
+fn set_fastopen(socket: &Socket, qlen: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let q = libc::c_int::try_from(qlen).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd belongs to `socket`, alive for the whole call; the value points at a
+    // live c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            (&q as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What one `accept` attempt gave.

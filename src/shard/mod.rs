@@ -190,7 +190,7 @@ impl Server {
         let mut parts = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for id in 0..n {
-            let listener = listener::bind(addr, config.backlog)?;
+            let listener = listener::bind(addr, config.backlog, config.tcp_fastopen)?;
             // With port 0 the first bind picks the port; the rest must share it.
             addr = listener.local_addr()?;
             let poll = Poll::new()?;

@@ -457,3 +457,84 @@ fn handshake_that_never_completes_times_out_with_408() {
     );
     ws::assert_server_healthy(server.addr());
 }
+
+/// A TcpExt counter from /proc/net/netstat (its header line names the fields, the next line
+/// has the values).
+fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name}"))
+}
+
+/// Turns on the client and server bits of net.ipv4.tcp_fastopen for the test and puts the
+/// old value back afterwards. Only listeners that ask for Fast Open (and clients that ask
+/// for it) use the server and client bits, so other tests are not affected.
+struct FastOpenSysctl(String);
+
+impl FastOpenSysctl {
+    const PATH: &'static str = "/proc/sys/net/ipv4/tcp_fastopen";
+
+    fn enable() -> FastOpenSysctl {
+        let old = std::fs::read_to_string(Self::PATH).expect("read tcp_fastopen");
+        let bits: u32 = old.trim().parse().expect("tcp_fastopen is a number");
+        std::fs::write(Self::PATH, (bits | 3).to_string())
+            .expect("set net.ipv4.tcp_fastopen (the tests run as root)");
+        FastOpenSysctl(old.trim().to_string())
+    }
+}
+
+impl Drop for FastOpenSysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// `tcp_fastopen` on the listener: a client that puts its upgrade request in the SYN
+/// (TCP_FASTOPEN_CONNECT: connect() returns at once, the first write sends SYN + data) gets
+/// its 101 and its echo, and the kernel counts those connections as Fast Open (all but the
+/// first, which fetches the cookie).
+#[test]
+fn tcp_fast_open_carries_the_upgrade_request_in_the_syn() {
+    use std::os::fd::AsRawFd;
+    let _sysctl = FastOpenSysctl::enable();
+    let server = TestServer::start(Config {
+        tcp_fastopen: 64,
+        ..config()
+    });
+    let before = tcp_ext("TCPFastOpenPassive");
+    const N: u64 = 8;
+    for i in 0..N {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a live socket fd, a live c_int and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_FASTOPEN_CONNECT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "TCP_FASTOPEN_CONNECT: {}",
+            std::io::Error::last_os_error()
+        );
+        s.connect(&server.addr().into()).expect("connect");
+        let mut c = RawClient::from_stream(s.into());
+        c.send(upgrade_request("/", "").as_bytes()).unwrap();
+        let head = c.read_head().expect("response");
+        assert_eq!(raw::status_of(&head), 101, "connection {i}: {head}");
+        c.send(&masked(op::TEXT, b"fast open")).unwrap();
+        c.expect_frame(op::TEXT, b"fast open");
+    }
+    let used = tcp_ext("TCPFastOpenPassive") - before;
+    assert!(used >= N - 1, "{used} of {N} connections used Fast Open");
+}

@@ -99,6 +99,21 @@ def starling(bin_dir, app):
     return Server(f"starling {app}", argv, port=port)
 
 
+def tcp_ext(name):
+    """A TcpExt counter from /proc/net/netstat."""
+    with open("/proc/net/netstat") as f:
+        rows = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(rows[0], rows[1]))[name])
+
+
+def starling_fastopen(bin_dir):
+    """`starling serve --app echo` with TCP Fast Open on its listener."""
+    port = free_port()
+    argv = [os.path.join(bin_dir, "starling"), "serve", "--listen", f"127.0.0.1:{port}",
+            "--app", "echo", "--shards", "1", "--no-api", "--tcp-fastopen", "64"]
+    return Server("starling echo --tcp-fastopen", argv, port=port)
+
+
 def starling_hub(bin_dir, shards):
     """`starling serve --app hub` with its admin API on a port of its own (for /stats)."""
     port, api = free_port(), free_port()
@@ -474,6 +489,29 @@ def main():
                 clean(r, 21)
                 fanout_counts_add_up(r, 20)
             c.case(f"{label} fanout", fanout_peer)
+
+    def fastopen():
+        # The client and server bits of net.ipv4.tcp_fastopen for this case only; only
+        # sockets that ask for Fast Open use them.
+        path = "/proc/sys/net/ipv4/tcp_fastopen"
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
+            f.write(str(int(old) | 3))
+        try:
+            with starling_fastopen(args.bin) as s:
+                before = tcp_ext("TCPFastOpenActive")
+                r, _ = c.run(["connect", s.url(), "-c", "50", "--fastopen", "--duration", "0s"])
+                used = tcp_ext("TCPFastOpenActive") - before
+        finally:
+            with open(path, "w") as f:
+                f.write(old)
+        clean(r, 50)
+        eq("open_peak", r["connections"]["open_peak"], 50)
+        # The first connection fetches the cookie; every other one sends its request in
+        # the SYN.
+        at_least("connections that used Fast Open", used, 49)
+    c.case("starling connect --fastopen against --tcp-fastopen", fastopen)
 
     def refused():
         port = free_port()  # nothing listens there once the probe socket is closed

@@ -111,6 +111,8 @@ pub struct Io {
     pub max_message: usize,
     /// Set TCP_NODELAY (anything that sends more than the request).
     pub nodelay: bool,
+    /// Set TCP_FASTOPEN_CONNECT (`--fastopen`).
+    pub fastopen: bool,
     /// Whether data messages received now count towards the measured rate.
     pub measuring: bool,
 }
@@ -168,6 +170,7 @@ impl Conn {
         source: Option<IpAddr>,
         target: SocketAddr,
         nodelay: bool,
+        fastopen: bool,
     ) -> io::Result<TcpStream> {
         let socket = Socket::new(
             Domain::for_address(target),
@@ -194,6 +197,23 @@ impl Conn {
         }
         if nodelay {
             socket.set_nodelay(true)?;
+        }
+        if fastopen {
+            // connect() then returns at once without a SYN; the first write sends SYN + data.
+            let one: libc::c_int = 1;
+            // SAFETY: as above: a live socket fd, a live c_int and its exact size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_FASTOPEN_CONNECT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         match socket.connect(&target.into()) {
             Ok(()) => {}

@@ -146,6 +146,7 @@ pub fn run(
                 (None, Mode::Raw) => None,
             },
             max_message: plan.max_message,
+            fastopen: plan.fastopen,
             nodelay: matches!(
                 plan.scenario,
                 Scenario::Echo | Scenario::Fanout | Scenario::Capacity

@@ -99,7 +99,7 @@ impl Worker<'_> {
         self.io.stats.c.connect_attempts += 1;
         let (source, target) = self.plan.endpoints.pair_index(global);
         let addr = self.plan.endpoints.targets[target];
-        let mut stream = match Conn::connect(source, addr, self.io.nodelay) {
+        let mut stream = match Conn::connect(source, addr, self.io.nodelay, self.io.fastopen) {
             Ok(s) => s,
             Err(e) => {
                 self.io.stats.failures.count_io(&e);
