@@ -24,6 +24,22 @@ fn sysctl(name: &str) -> Option<String> {
     )
 }
 
+/// For `--fastopen`: a warning when net.ipv4.tcp_fastopen lacks the client bit (1), since
+/// the kernel then accepts the socket option but sends ordinary SYNs.
+pub fn fastopen_note() -> Option<String> {
+    fastopen_note_for(sysctl("net.ipv4.tcp_fastopen")?.parse().ok()?)
+}
+
+fn fastopen_note_for(value: u32) -> Option<String> {
+    (value & 1 == 0).then(|| {
+        format!(
+            "--fastopen: net.ipv4.tcp_fastopen = {value} has no client bit, so connections \
+             use ordinary handshakes (sysctl -w net.ipv4.tcp_fastopen={})",
+            value | 1
+        )
+    })
+}
+
 /// The kernel and limits a run happened under.
 #[derive(Debug, Clone, Serialize)]
 pub struct Environment {
@@ -386,6 +402,20 @@ pub fn self_rss() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fastopen_note_names_the_missing_client_bit() {
+        for ok in [1, 3, 0x401] {
+            assert_eq!(fastopen_note_for(ok), None, "{ok}");
+        }
+        let note = fastopen_note_for(2).expect("server bit only: a warning");
+        assert!(
+            note.contains("= 2") && note.contains("tcp_fastopen=3"),
+            "{note}"
+        );
+        assert!(fastopen_note_for(0).is_some_and(|n| n.contains("tcp_fastopen=1")));
+    }
+
     use super::*;
 
     #[test]

@@ -53,6 +53,11 @@ fn run(args: &cli::Args) -> Result<u8, String> {
         limit.soft,
         sys::ephemeral_port_range(),
     )?;
+    if plan.fastopen && plan.child.is_none() {
+        if let Some(note) = env::fastopen_note() {
+            eprintln!("starling-loadgen: {note}");
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The first signal asks for a clean stop (summary printed); the second exits.
