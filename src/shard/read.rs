@@ -223,8 +223,9 @@ impl Shard {
         let last_data = &mut c.last_data;
         let mut after = After::default();
         // Echo: the replies of this whole read are encoded back to back into one buffer and
-        // queued once, the bound checked once before (a read adds at most a read buffer's
-        // worth). A queue already over its bound refuses the first message, as a push would.
+        // queued once, the bound checked once before (a read adds what it completes: about
+        // its own bytes, or one message gathered over earlier reads). A queue already over its
+        // bound refuses the first message, as a push would.
         let mut echo_out =
             (app == App::Echo && phase.sends_data() && queue.len() <= bound).then(|| pool.take());
         let res = c.decoder.feed(data, |ev| {
