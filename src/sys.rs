@@ -1,6 +1,7 @@
 //! Process and kernel facts read (and, for the open-file limit, raised) at startup: the
 //! RLIMIT_NOFILE soft/hard limits, the core count, CPU pinning for shard threads, the
-//! ephemeral port range and this process's resident memory.
+//! ephemeral port range, this process's resident memory, and integer socket options that
+//! socket2 has no setter for.
 //!
 //! Linux only. Everything here is called a handful of times per process (at startup, per
 //! shard thread, or per stats snapshot), never on a hot path. Reading `/proc` goes through
@@ -144,9 +145,46 @@ fn read_proc_u64(path: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Sets the integer socket option `level`/`name` (e.g. `IPPROTO_TCP`/`TCP_FASTOPEN`) on
+/// `fd` to `value`: for the options socket2 has no setter for.
+pub fn set_int_sockopt(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt only reads `size_of::<c_int>()` bytes from the pointer, which points
+    // at `value`, alive for the whole call; a bad fd or option is reported as an error.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int_sockopt_is_set_and_a_bad_fd_is_an_error() {
+        use std::os::fd::AsRawFd;
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(!sock.nodelay().unwrap());
+        set_int_sockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        assert!(sock.nodelay().unwrap());
+        let e = set_int_sockopt(-1, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
 
     /// The calling thread's affinity mask.
     fn current_affinity() -> libc::cpu_set_t {

@@ -23,31 +23,16 @@ pub fn bind(addr: SocketAddr, backlog: i32, fastopen: u32) -> io::Result<TcpList
     }
     socket.bind(&addr.into())?;
     if fastopen > 0 {
-        set_fastopen(&socket, fastopen)?;
+        let qlen = libc::c_int::try_from(fastopen).unwrap_or(libc::c_int::MAX);
+        crate::sys::set_int_sockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            qlen,
+        )?;
     }
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// `TCP_FASTOPEN` with queue length `qlen` (socket2 has no setter for it).
-fn set_fastopen(socket: &Socket, qlen: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let q = libc::c_int::try_from(qlen).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the fd belongs to `socket`, alive for the whole call; the value points at a
-    // live c_int and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_FASTOPEN,
-            (&q as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// What one `accept` attempt gave.

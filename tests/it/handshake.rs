@@ -510,23 +510,13 @@ fn tcp_fast_open_carries_the_upgrade_request_in_the_syn() {
     const N: u64 = 8;
     for i in 0..N {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let one: libc::c_int = 1;
-        // SAFETY: a live socket fd, a live c_int and its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_FASTOPEN_CONNECT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "TCP_FASTOPEN_CONNECT: {}",
-            std::io::Error::last_os_error()
-        );
+        starling::sys::set_int_sockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            1,
+        )
+        .expect("TCP_FASTOPEN_CONNECT");
         s.connect(&server.addr().into()).expect("connect");
         let mut c = RawClient::from_stream(s.into());
         c.send(upgrade_request("/", "").as_bytes()).unwrap();

@@ -27,6 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use starling::proto::frame::encode_frame_into;
 use starling::proto::handshake::{self, HandshakeError};
 use starling::proto::{CloseCode, Decoder, Event, Flow, OpCode, Role};
+use starling::sys::set_int_sockopt;
 
 mod send;
 
@@ -177,22 +178,10 @@ impl Conn {
             Type::STREAM.nonblocking(),
             Some(Protocol::TCP),
         )?;
+        let fd = socket.as_raw_fd();
         if let Some(ip) = source {
-            let one: libc::c_int = 1;
-            // SAFETY: the fd is a valid socket owned by `socket` for the whole call; the
-            // option value points at a live c_int and its exact size is passed.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // The port is then chosen at connect() time, per 4-tuple, not per source address.
+            set_int_sockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
             socket.bind(&SocketAddr::new(ip, 0).into())?;
         }
         if nodelay {
@@ -200,20 +189,7 @@ impl Conn {
         }
         if fastopen {
             // connect() then returns at once without a SYN; the first write sends SYN + data.
-            let one: libc::c_int = 1;
-            // SAFETY: as above: a live socket fd, a live c_int and its exact size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_FASTOPEN_CONNECT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            set_int_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, 1)?;
         }
         match socket.connect(&target.into()) {
             Ok(()) => {}
