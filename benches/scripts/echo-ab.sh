@@ -7,7 +7,7 @@
 #
 # usage: benches/scripts/echo-ab.sh SERVER_BIN LOADGEN_BIN PORT [DURATION]
 #   e.g. benches/scripts/echo-ab.sh /tmp/before/starling target/release/starling-loadgen 9401
-# Environment: OUT [/tmp]
+# Environment: OUT [/tmp], LOADGEN_ARGS (extra load-generator flags, e.g. "--coalesce off")
 set -euo pipefail
 bin=$1 loadgen=$2 port=$3 duration=${4:-8s}
 out=${OUT:-/tmp}
@@ -20,7 +20,7 @@ cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 before=$(cpu "$server")
 /usr/bin/time -f '%U %S' -o "$out/echo-ab-$port.time" taskset -c 0 "$loadgen" echo \
     "ws://127.0.0.1:$port/" --connections 64 --depth 64 --size 32 --duration "$duration" \
-    --no-progress --json "$out/echo-ab-$port.json" >"$out/echo-ab-$port.txt" 2>&1
+    --no-progress --json "$out/echo-ab-$port.json" ${LOADGEN_ARGS:-} >"$out/echo-ab-$port.txt" 2>&1
 after=$(cpu "$server")
 python3 - "$out/echo-ab-$port.json" "$out/echo-ab-$port.time" "$before" "$after" "$bin" "$loadgen" <<'PY'
 import json, os, sys

@@ -162,6 +162,17 @@ pub struct Args {
     #[arg(long)]
     pub fastopen: bool,
 
+    /// echo: after a poll that brought fewer than 8 events, wait this long before the next
+    /// one, so that one wakeup collects the replies of several connections. Every sleep in
+    /// a poll costs the target's core a cross-core wakeup (on a VM, an exit), so a client
+    /// that is quicker than the target and wakes for every reply slows down what it
+    /// measures. A reply that arrives during the wait is stamped up to this much late:
+    /// latency can be overstated by at most this, never understated. `auto`: 100us when a
+    /// thread has at least 1024 messages in flight (connections x depth), where round trips
+    /// are queueing-bound; otherwise off. `off` or `0`: never.
+    #[arg(long, default_value = "auto")]
+    pub coalesce: String,
+
     /// Connect + handshake timeout per connection.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,

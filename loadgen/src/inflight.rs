@@ -55,6 +55,32 @@ impl Fifo {
         true
     }
 
+    /// `n` replies arrived at `now`; returns how many were in flight (at most `n`).
+    pub fn take_n(&mut self, now: u64, n: u64, h: &mut Histogram<u64>) -> u64 {
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.q.front_mut() else {
+                break;
+            };
+            let t = front.0;
+            let c = left.min(u64::from(front.1));
+            // `c <= front.1`, a u32.
+            front.1 -= c as u32;
+            if front.1 == 0 {
+                self.q.pop_front();
+            }
+            self.len -= c;
+            left -= c;
+            if self.run.1 > 0 && self.run.0 != t {
+                record(h, now.saturating_sub(self.run.0), self.run.1);
+                self.run.1 = 0;
+            }
+            self.run.0 = t;
+            self.run.1 += c;
+        }
+        n - left
+    }
+
     /// Records the replies taken so far (one histogram update per batch).
     pub fn settle(&mut self, now: u64, h: &mut Histogram<u64>) {
         if self.run.1 > 0 {
@@ -90,5 +116,28 @@ mod tests {
         f.settle(12_000, &mut h);
         assert_eq!((h.len(), f.len), (5, 0));
         assert_eq!(h.count_at(7_000), 1);
+    }
+
+    /// `take_n` is `n` calls of `take`: same histogram, same queue, same count.
+    #[test]
+    fn take_n_is_n_takes() {
+        for n in 0..12u64 {
+            let (mut a, mut b) = (Fifo::default(), Fifo::default());
+            let (mut ha, mut hb) = (new_histogram(), new_histogram());
+            for f in [&mut a, &mut b] {
+                f.push(1_000, 3);
+                f.push(2_000, 1);
+                f.push(4_000, 4);
+            }
+            let mut taken = 0;
+            for _ in 0..n {
+                taken += u64::from(a.take(9_000, &mut ha));
+            }
+            a.settle(9_000, &mut ha);
+            assert_eq!(b.take_n(9_000, n, &mut hb), taken, "n = {n}");
+            b.settle(9_000, &mut hb);
+            assert_eq!((a.len, a.q.clone()), (b.len, b.q.clone()), "n = {n}");
+            assert_eq!(ha, hb, "n = {n}");
+        }
     }
 }

@@ -196,6 +196,8 @@ pub struct Counters {
     pub writes: u64,
     /// epoll_wait(2) calls.
     pub polls: u64,
+    /// `--coalesce` waits (nanosleep(2) calls) before a poll.
+    pub coalesce_waits: u64,
 }
 
 impl Counters {
@@ -240,7 +242,8 @@ impl Counters {
             hub_pub_reordered,
             reads,
             writes,
-            polls
+            polls,
+            coalesce_waits
         );
     }
 }

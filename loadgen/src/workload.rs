@@ -15,7 +15,6 @@
 
 use rand::RngCore;
 use starling::proto::frame::encode_header;
-use starling::proto::mask::apply_mask;
 use starling::proto::{OpCode, MAX_HEADER_LEN};
 
 use crate::plan::STAMP_LEN;
@@ -33,6 +32,11 @@ pub fn echo_payload(size: usize) -> Vec<u8> {
 /// §5.3: "The masking key needs to be unpredictable", so every frame gets its own key; what
 /// is saved is the header encoding and the per-frame appends. `starling::proto::frame::encode_frame_into` is the
 /// reference this is tested against.
+///
+/// It also holds the reply a correct echo server sends back for each frame (the same
+/// opcode and payload, unmasked, §5.1), so a read full of replies can be recognised by one
+/// comparison against a block of them ([`FrameBatch::leading_replies`]) instead of being
+/// decoded frame by frame.
 pub struct FrameBatch {
     /// `MAX_BATCH` copies of the frame with a zero key and the payload unmasked.
     block: Vec<u8>,
@@ -40,6 +44,10 @@ pub struct FrameBatch {
     frame_len: usize,
     /// Offset of the key in a frame (the payload follows it).
     key_at: usize,
+    /// `MAX_BATCH` copies of the expected reply frame.
+    replies: Vec<u8>,
+    /// Bytes of one reply frame.
+    reply_len: usize,
 }
 
 /// Frames one copy can produce; larger batches take several copies.
@@ -56,11 +64,52 @@ impl FrameBatch {
             block.extend_from_slice(&head[..head_len]);
             block.extend_from_slice(payload);
         }
+        let reply_head_len = encode_header(&mut head, true, opcode, payload.len() as u64, None);
+        let reply_len = reply_head_len + payload.len();
+        let mut replies = Vec::with_capacity(reply_len * MAX_BATCH);
+        for _ in 0..MAX_BATCH {
+            replies.extend_from_slice(&head[..reply_head_len]);
+            replies.extend_from_slice(payload);
+        }
         FrameBatch {
             block,
             frame_len,
             key_at: head_len - 4,
+            replies,
+            reply_len,
         }
+    }
+
+    /// Bytes of one expected reply frame.
+    pub fn reply_len(&self) -> usize {
+        self.reply_len
+    }
+
+    /// How many whole frames at the start of `buf` are byte for byte the expected reply.
+    /// Such a frame decodes, from a decoder waiting for a frame header, to exactly one
+    /// data message equal to the payload (final, no RSV bits, unmasked, the payload's
+    /// length, and valid UTF-8 for text since the payload is), so the caller may count it
+    /// without decoding it. Whole blocks are compared at once; within the first block that
+    /// differs, frame by frame. A partial frame at the end is not counted.
+    pub fn leading_replies(&self, buf: &[u8]) -> usize {
+        let whole = buf.len() / self.reply_len;
+        let mut done = 0;
+        while done < whole {
+            let k = (whole - done).min(MAX_BATCH);
+            let at = done * self.reply_len;
+            let span = k * self.reply_len;
+            if buf[at..at + span] == self.replies[..span] {
+                done += k;
+                continue;
+            }
+            let one = &self.replies[..self.reply_len];
+            let same = buf[at..at + span]
+                .chunks_exact(self.reply_len)
+                .take_while(|f| f == &one)
+                .count();
+            return done + same;
+        }
+        done
     }
 
     /// Appends `n` frames to `out`, each masked with its own key from `rng`.
@@ -70,14 +119,31 @@ impl FrameBatch {
             let k = left.min(MAX_BATCH);
             let start = out.len();
             out.extend_from_slice(&self.block[..k * self.frame_len]);
-            for frame in out[start..].chunks_exact_mut(self.frame_len) {
-                let key = rng.next_u32().to_ne_bytes();
+            let frames = out[start..].chunks_exact_mut(self.frame_len);
+            for frame in frames {
+                let key = rng.next_u32();
                 let (head, payload) = frame.split_at_mut(self.key_at + 4);
-                head[self.key_at..].copy_from_slice(&key);
-                apply_mask(payload, key, 0);
+                head[self.key_at..].copy_from_slice(&key.to_ne_bytes());
+                mask_with(payload, key);
             }
             left -= k;
         }
+    }
+}
+
+/// `apply_mask(buf, key.to_ne_bytes(), 0)`, for the start of a payload: the 8-byte word
+/// is two copies of the key as it is (no rotation to work out).
+fn mask_with(buf: &mut [u8], key: u32) {
+    let word = u64::from(key) | (u64::from(key) << 32);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
+    }
+    let k = key.to_ne_bytes();
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= k[i % 4];
     }
 }
 
@@ -245,6 +311,7 @@ impl SeqTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use starling::proto::mask::apply_mask;
 
     #[test]
     fn stamp_round_trip_and_foreign_messages() {
@@ -322,6 +389,75 @@ mod tests {
                 }
                 assert!(fast == slow, "size {size} n {n}");
             }
+        }
+    }
+
+    /// Every reply `leading_replies` counts decodes, as the server's frame, to one message
+    /// of the same kind with the payload; the count stops at the first frame that differs in
+    /// any byte, and never includes a partial frame.
+    #[test]
+    fn leading_replies_counts_exactly_the_frames_that_decode_to_the_echo() {
+        use starling::proto::Role;
+        use starling::proto::{Decoder, Event, Flow};
+        for opcode in [OpCode::Binary, OpCode::Text] {
+            for size in [0usize, 1, 32, 125, 126, 300] {
+                let payload = echo_payload(size);
+                let batch = FrameBatch::new(opcode, &payload);
+                let len = batch.reply_len();
+                for n in [0usize, 1, 63, 64, 65, 130] {
+                    let mut buf = Vec::new();
+                    for _ in 0..n {
+                        encode_frame_into_plain(&mut buf, opcode, &payload);
+                    }
+                    assert_eq!(len * n, buf.len());
+                    let mut d = Decoder::new(Role::Client, 1 << 20);
+                    let mut seen = 0;
+                    d.feed(&mut buf.clone(), |ev| {
+                        let p = match (opcode, ev) {
+                            (OpCode::Binary, Event::Binary(p)) | (OpCode::Text, Event::Text(p)) => {
+                                p
+                            }
+                            _ => panic!("not the echo"),
+                        };
+                        assert_eq!(p, &payload[..]);
+                        seen += 1;
+                        Flow::Continue
+                    })
+                    .unwrap();
+                    assert_eq!(seen, n);
+                    assert_eq!(
+                        batch.leading_replies(&buf),
+                        n,
+                        "{opcode:?} size {size} n {n}"
+                    );
+                    // A cut frame at the end is not counted.
+                    if n > 0 {
+                        assert_eq!(batch.leading_replies(&buf[..buf.len() - 1]), n - 1);
+                    }
+                    // One changed byte anywhere: only the frames before it count.
+                    for at in (0..buf.len()).step_by(7) {
+                        let mut bad = buf.clone();
+                        bad[at] ^= 0x40;
+                        assert_eq!(batch.leading_replies(&bad), at / len, "byte {at}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn encode_frame_into_plain(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+        starling::proto::frame::encode_frame_into(out, opcode, payload, None);
+    }
+
+    #[test]
+    fn mask_with_is_apply_mask_at_offset_zero() {
+        let key = 0x1234_5678u32;
+        for len in 0..40 {
+            let data = echo_payload(len);
+            let (mut a, mut b) = (data.clone(), data);
+            mask_with(&mut a, key);
+            apply_mask(&mut b, key.to_ne_bytes(), 0);
+            assert_eq!(a, b, "len {len}");
         }
     }
 

@@ -154,6 +154,12 @@ impl Decoder {
         }
     }
 
+    /// Waiting for the first byte of a frame header, with no message open: the next bytes
+    /// are read as a new frame, and a final data frame is a whole message by itself.
+    pub fn awaits_frame(&self) -> bool {
+        matches!(self.stage, Stage::Header { len: 0, .. }) && self.open.is_none()
+    }
+
     /// Heap held by this connection's reader: the capacity of the message buffer.
     pub fn heap_bytes(&self) -> usize {
         self.message.capacity()

@@ -266,6 +266,27 @@ def main():
                 raise AssertionError(f"~2000 messages expected, got {r['messages_received']}")
         c.case("starling echo open loop --rate", echo_open_loop)
 
+        def echo_coalesce():
+            # auto: on for 64 x 64 in flight on one thread, off for a shallow run.
+            r, _ = c.run(["echo", s.url(), "-c", "64", "--depth", "64", "--threads", "1",
+                          "--duration", "1s"])
+            clean(r, 64)
+            echo_counts_add_up(r)
+            eq("coalesce_us (auto, deep)", r["coalesce_us"], 100)
+            r, _ = c.run(["echo", s.url(), "-c", "2", "--depth", "2", "--duration", "1s"])
+            eq("coalesce_us (auto, shallow)", r["coalesce_us"], 0)
+            eq("coalesce_waits when off", r["syscalls"]["coalesce_waits"], 0)
+            # Two connections: every poll brings fewer than 8 events, so every one is
+            # preceded by a wait, and nothing is lost or miscounted.
+            r, _ = c.run(["echo", s.url(), "-c", "2", "--depth", "2", "--duration", "1s",
+                          "--coalesce", "200us"])
+            clean(r, 2)
+            echo_counts_add_up(r)
+            eq("coalesce_us", r["coalesce_us"], 200)
+            at_least("coalesce_waits", r["syscalls"]["coalesce_waits"], 100)
+            c.run(["fanout", s.url(), "--coalesce", "50us"], expect_exit=2)
+        c.case("starling echo --coalesce", echo_coalesce)
+
         def connect_density():
             r, _ = c.run(["connect", s.url(), "-c", "300", "--rate", "3000/s", "--duration",
                           "1s", "--server-pid", str(s.proc.pid)])

@@ -150,7 +150,9 @@ pub struct Syscalls {
     pub write: u64,
     /// epoll_wait(2).
     pub epoll_wait: u64,
-    /// (read + write + epoll_wait) per message received, over the whole run.
+    /// nanosleep(2) before a poll (`--coalesce`).
+    pub coalesce_waits: u64,
+    /// (read + write + epoll_wait + nanosleep) per message received, over the whole run.
     pub per_message: Option<f64>,
 }
 
@@ -198,6 +200,8 @@ pub struct Report {
     pub size: usize,
     /// Echo depth.
     pub depth: u32,
+    /// Echo: the `--coalesce` wait in µs (0: off); latency may be overstated by up to it.
+    pub coalesce_us: f64,
     /// `--rate`, per second.
     pub rate: Option<f64>,
     /// Event-loop threads per process.
@@ -356,7 +360,7 @@ impl Report {
         };
         let unique = c.deliveries.saturating_sub(c.duplicates);
         let missing = expected.saturating_sub(unique);
-        let calls = c.reads + c.writes + c.polls;
+        let calls = c.reads + c.writes + c.polls + c.coalesce_waits;
         let handshakes_per_sec = if churn {
             Some(c.handshakes as f64 / measure)
         } else {
@@ -420,6 +424,7 @@ impl Report {
             channels: fanout.then_some(plan.channels),
             size: plan.size,
             depth: plan.depth,
+            coalesce_us: plan.coalesce.as_secs_f64() * 1e6,
             rate: plan.rate,
             threads: plan.threads,
             procs: plan.procs,
@@ -493,6 +498,7 @@ impl Report {
                 read: c.reads,
                 write: c.writes,
                 epoll_wait: c.polls,
+                coalesce_waits: c.coalesce_waits,
                 per_message: (c.messages_received > 0)
                     .then(|| calls as f64 / c.messages_received as f64),
             },

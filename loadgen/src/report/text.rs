@@ -209,10 +209,14 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "  syscalls     read {} write {} epoll_wait {}{}; allocations during measure {}",
+            "  syscalls     read {} write {} epoll_wait {}{}{}; allocations during measure {}",
             self.syscalls.read,
             self.syscalls.write,
             self.syscalls.epoll_wait,
+            match self.syscalls.coalesce_waits {
+                0 => String::new(),
+                n => format!(" nanosleep {n} (--coalesce {}us)", self.coalesce_us),
+            },
             self.syscalls
                 .per_message
                 .map_or(String::new(), |p| format!(" ({p:.3} per message)")),

@@ -97,6 +97,11 @@ struct Request<'a> {
 }
 
 /// Runs one thread's event loop to the end of the run.
+/// `--coalesce`: a poll that brings fewer events than this is followed by the wait.
+const COALESCE_BELOW: usize = 8;
+/// Timer slack of a coalescing thread.
+const COALESCE_SLACK_NS: u64 = 1_000;
+
 pub fn run(
     plan: Arc<Plan>,
     spec: Spec,
@@ -222,6 +227,13 @@ struct Worker<'a> {
 impl Worker<'_> {
     fn run_loop(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let coalesce = self.plan.coalesce.as_nanos() as u64;
+        if coalesce > 0 {
+            // The waits are a few tens of µs; the default 50 µs slack would double them.
+            starling::sys::set_thread_timer_slack(COALESCE_SLACK_NS)?;
+        }
+        // The last poll brought a few events while measuring (`--coalesce`).
+        let mut few = false;
         loop {
             let now = now_ns();
             self.io.now = now;
@@ -246,6 +258,11 @@ impl Worker<'_> {
             } else {
                 self.sleep_ns(now_ns())
             };
+            if few && timeout > 0 {
+                // Let the replies of several connections gather before the next wakeup.
+                std::thread::sleep(Duration::from_nanos(coalesce.min(timeout)));
+                self.io.stats.c.coalesce_waits += 1;
+            }
             self.io.stats.c.polls += 1;
             match self
                 .poll
@@ -254,6 +271,10 @@ impl Worker<'_> {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            }
+            if coalesce > 0 {
+                let n = events.iter().take(COALESCE_BELOW).count();
+                few = (1..COALESCE_BELOW).contains(&n) && self.phase == Phase::Measure;
             }
             for ev in events.iter() {
                 if ev.token() == WAKER {
