@@ -50,6 +50,25 @@ fn message_of_exactly_max_message_size_is_accepted() {
     c.expect_frame(op::TEXT, body.as_bytes());
 }
 
+/// With the default configuration the largest messages conformance suites send (Autobahn's
+/// 9.1.6 / 9.2.6: 16 MiB of text or binary in one frame) come back whole, and one byte more
+/// gets close 1009 as soon as the header announces it.
+#[test]
+fn default_limit_takes_a_16_mib_message_and_refuses_one_byte_more() {
+    let server = TestServer::echo();
+    let limit = 16 << 20;
+    assert_eq!(starling::config::Config::default().max_message_size, limit);
+    let mut ws = ws::connect(server.addr());
+    assert_echo(&mut ws, Message::Text(text_of(limit)));
+    assert_echo(&mut ws, Message::Binary(binary_of(limit)));
+    let mut c = RawClient::open(server.addr());
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(limit as u64 + 1).to_be_bytes());
+    head.extend_from_slice(&crate::util::raw::MASK);
+    c.send(&head).unwrap();
+    c.expect_close_then_eof(1009).unwrap();
+}
+
 #[test]
 fn pipelined_messages_come_back_in_order() {
     let server = TestServer::echo();
