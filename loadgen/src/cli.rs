@@ -167,9 +167,10 @@ pub struct Args {
     /// a poll costs the target's core a cross-core wakeup (on a VM, an exit), so a client
     /// that is quicker than the target and wakes for every reply slows down what it
     /// measures. A reply that arrives during the wait is stamped up to this much late:
-    /// latency can be overstated by at most this, never understated. `auto`: 100us when a
-    /// thread has at least 1024 messages in flight (connections x depth), where round trips
-    /// are queueing-bound; otherwise off. `off` or `0`: never.
+    /// latency can be overstated by at most this, never understated. `auto`: 100us in a
+    /// closed loop (no --rate) with at least 1024 messages in flight per thread
+    /// (connections x depth), where round trips are queueing-bound; otherwise off. `off` or
+    /// `0`: never.
     #[arg(long, default_value = "auto")]
     pub coalesce: String,
 

@@ -239,7 +239,13 @@ impl Plan {
             Some(c) => Some(parse_child(c)?),
             None => None,
         };
-        let coalesce = coalesce_for(&a.coalesce, s, connections, depth, threads * a.procs)?;
+        let closed_loop = a.rate.is_none();
+        let inflight = if closed_loop {
+            connections * u64::from(depth)
+        } else {
+            0
+        };
+        let coalesce = coalesce_for(&a.coalesce, s, inflight, threads * a.procs)?;
         let sockets = connections + publishers;
         addr::check_fds(sockets, a.procs as u64, nofile_hard)?;
         if s != Scenario::Churn {
@@ -390,15 +396,10 @@ const COALESCE_AUTO_INFLIGHT: u64 = 1024;
 /// The wait `--coalesce auto` picks.
 const COALESCE_AUTO: Duration = Duration::from_micros(100);
 
-/// Resolves `--coalesce`: `auto`, `off`, or a duration (echo only).
-fn coalesce_for(
-    arg: &str,
-    s: Scenario,
-    connections: u64,
-    depth: u32,
-    loops: usize,
-) -> Result<Duration, String> {
-    let per_loop = connections * u64::from(depth) / loops.max(1) as u64;
+/// Resolves `--coalesce`: `auto`, `off`, or a duration (echo only). `inflight`: the closed
+/// loop's messages in flight over all threads (0 for an open loop, where `auto` is off).
+fn coalesce_for(arg: &str, s: Scenario, inflight: u64, loops: usize) -> Result<Duration, String> {
+    let per_loop = inflight / loops.max(1) as u64;
     let d = match arg {
         "auto" if s == Scenario::Echo && per_loop >= COALESCE_AUTO_INFLIGHT => COALESCE_AUTO,
         "auto" | "off" => Duration::ZERO,
@@ -468,6 +469,19 @@ mod tests {
         assert_eq!(co(&["echo", u, "-c", "64", "--depth", "16"]), Ok(0));
         assert_eq!(co(&["echo", u]), Ok(0));
         assert_eq!(co(&["echo", u, "-c", "4000", "--threads", "1"]), Ok(100));
+        // An open loop (--rate) is about latency: auto leaves it off; asked for, it is on.
+        let open = [
+            "echo",
+            u,
+            "-c",
+            "4000",
+            "--threads",
+            "1",
+            "--rate",
+            "1000/s",
+        ];
+        assert_eq!(co(&open), Ok(0));
+        assert_eq!(co(&[&open[..], &["--coalesce", "20us"]].concat()), Ok(20));
         assert_eq!(co(&["connect", u]), Ok(0));
         assert_eq!(co(&["fanout", u, "--coalesce", "auto"]), Ok(0));
         // Explicit: a duration, or off.
