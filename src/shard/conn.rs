@@ -96,6 +96,10 @@ pub mod flags {
     /// Deliveries of `conflate` channels are held for it in the shard's conflation table
     /// (`shard/slow.rs`), to be queued when its queue is back under the bound.
     pub const HELD: u8 = 32;
+    /// The peer's EOF has been read while our last bytes were still queued: it may still
+    /// read, so the connection goes once they are written (or the close timer fires), with
+    /// no linger, since no further EOF will come.
+    pub const PEER_EOF: u8 = 64;
 }
 
 /// One connection.

@@ -471,6 +471,11 @@ impl Shard {
             return self.remove(idx, io_reason(&e));
         }
         let held = c.has(flags::HELD);
+        if c.queue.is_empty() && c.has(flags::PEER_EOF) {
+            // The peer's EOF came while these bytes waited (`on_eof`): nothing to linger for.
+            let r = reason_from(c.reason);
+            return self.remove(idx, r);
+        }
         if c.queue.is_empty() && c.phase == Phase::Flushing {
             // Our last bytes are out: shut our side and read until the peer's EOF.
             let _ = c.stream.shutdown(std::net::Shutdown::Write);

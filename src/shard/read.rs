@@ -94,9 +94,18 @@ impl Shard {
     }
 
     fn on_eof(&mut self, idx: usize) {
-        let Some(c) = self.conns.get(idx) else {
+        let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
+        if matches!(c.phase, Phase::Flushing | Phase::Closing) && !c.queue.is_empty() {
+            // A peer that shut its sending side may still read, and it is owed what is queued
+            // (our close frame, §5.5.1; an HTTP error). It goes out first, now or as the
+            // socket takes it; the close timer bounds the wait.
+            c.flags |= flags::PEER_EOF;
+            self.mark_dirty(idx);
+            self.flush_one(idx);
+            return;
+        }
         let r = match c.phase {
             // EOF after our last bytes: the clean end of a close or an HTTP error.
             Phase::Lingering | Phase::Flushing | Phase::Closing => reason_from(c.reason),

@@ -68,6 +68,24 @@ fn messages_before_the_close_are_answered_and_nothing_after_it() {
     c.expect_close_then_eof(1000).unwrap();
 }
 
+/// A peer that sends a message, its close and its FIN in one go, and only then starts reading
+/// through a small receive buffer: the echo the server cannot write at once still arrives in
+/// full, then the close reply, then EOF (the queue drains on writability after the peer's EOF
+/// was already read).
+#[test]
+fn echo_and_close_reply_drain_to_a_peer_that_already_sent_its_fin() {
+    let server = TestServer::echo();
+    let mut c = RawClient::open_with_rcvbuf(server.addr(), 4096);
+    let body: Vec<u8> = (0..512 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    c.send(&masked(op::TEXT, &body)).unwrap();
+    c.send(&masked(op::CLOSE, &close_body(1000, b""))).unwrap();
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    // Give the server time to read everything, EOF included, before anything is read here.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    c.expect_frame(op::TEXT, &body);
+    c.expect_close_then_eof(1000).unwrap();
+}
+
 #[test]
 fn tungstenite_close_completes_cleanly() {
     let server = TestServer::echo();

@@ -316,6 +316,38 @@ fn accept_key_matches_the_rfc_example() {
     );
 }
 
+/// A client may send its request and shut its sending side at once (the request and the FIN
+/// in one segment): the error status it is owed still reaches it before the connection ends.
+#[test]
+fn bad_request_followed_by_fin_still_gets_its_status() {
+    let server = TestServer::echo();
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("no key", upgrade_with(&[], &["sec-websocket-key"]), 400),
+        (
+            "version 8",
+            upgrade_with(&["Sec-WebSocket-Version: 8"], &[]),
+            426,
+        ),
+        ("not HTTP", b"hello there\r\n\r\n".to_vec(), 400),
+    ];
+    for (name, req, want) in cases {
+        let mut c = RawClient::tcp(server.addr());
+        // Corked, so the request and the FIN leave together and the server reads both in
+        // one readiness event.
+        socket2::SockRef::from(c.stream()).set_cork(true).unwrap();
+        c.send(&req).unwrap();
+        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+        let head = c
+            .read_head()
+            .unwrap_or_else(|e| panic!("{name}: no response: {e:?}"));
+        assert_eq!(raw::status_of(&head), want, "{name}: {head:?}");
+        let body_len = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+        c.read_bytes(body_len)
+            .unwrap_or_else(|e| panic!("{name}: body: {e:?}"));
+        c.expect_eof().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
 #[test]
 fn request_written_one_byte_at_a_time_succeeds() {
     let server = TestServer::echo();

@@ -22,6 +22,11 @@ mod handshake;
 // you're adding a new way for a peer to misbehave after the upgrade, it goes in the table here.
 mod malformed;
 
+// RFC 6455 conformance cases in the shape of the Autobahn testsuite (categories 1-10) that the
+// other modules do not already cover. If you're adding a transcript of an Autobahn case, it
+// goes in the table of its category here.
+mod rfc_cases;
+
 // The close handshake started by the client. If you're adding something new about how a
 // connection ends normally, it probably goes in here.
 mod close;
