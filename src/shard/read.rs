@@ -336,8 +336,15 @@ impl Shard {
         match c.phase {
             Phase::Open => self.finish_with(idx, CloseReason::Normal, false, |v| {
                 let mut p = [0u8; 2];
+                // The reply echoes the code (§5.5.1), except 1010, which "is not used by the
+                // server" (§7.4.1): a client leaving over extensions gets 1000 back.
                 let n = match code {
                     Some(code) => {
+                        let code = if code.0 == 1010 {
+                            CloseCode::NORMAL
+                        } else {
+                            code
+                        };
                         p = code.0.to_be_bytes();
                         2
                     }

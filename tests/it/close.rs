@@ -33,6 +33,16 @@ fn client_close_is_echoed_with_its_code_then_tcp_closes() {
     ws::assert_server_healthy(server.addr());
 }
 
+/// 1010 is a client's code ("not used by the server", §7.4.1), so it is answered with 1000.
+#[test]
+fn client_close_1010_is_answered_with_1000() {
+    let server = TestServer::echo();
+    let mut c = RawClient::open(server.addr());
+    c.send(&masked(op::CLOSE, &close_body(1010, b"no extension")))
+        .unwrap();
+    c.expect_close_then_eof(1000).unwrap();
+}
+
 #[test]
 fn close_without_payload_is_answered_then_tcp_closes() {
     let server = TestServer::echo();
