@@ -10,7 +10,8 @@
 #           --connections subscribers while --publishers send at --rate.
 # Servers: starling (--shards 1), tokio-tungstenite, fastwebsockets (--writes
 # direct: one write per frame, as the crate's examples do), fastwebsockets-buffered
-# (--writes buffered: frames batched behind a BufWriter), node-ws. See
+# (--writes buffered: frames batched behind a BufWriter), node-ws, uws (uWebSockets.js,
+# the C++ uWebSockets core under Node, from the npm repack uws-pack). See
 # benches/peers/README.md for what each is and why fastwebsockets appears twice.
 # The summary gives each server's figures and the ratio starling/peer: Starling's
 # figure divided by that server's (throughput: above 1 = Starling higher;
@@ -26,7 +27,7 @@
 #   DURATION [10s]  ECHO_DURATION, FANOUT_DURATION [$DURATION]
 #   ECHO_CONNS [64]  ECHO_DEPTH [64]  ECHO_SIZE [32]
 #   FANOUT_CONNS [10000]  FANOUT_PUBLISHERS [1]  FANOUT_RATE [1000/s]  FANOUT_SIZE [64]
-#   SERVERS ["starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws"]
+#   SERVERS ["starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws uws"]
 #   SCENARIOS ["echo fanout"]
 #   SERVER_CPU [1]  LOAD_CPU [0]  PORT_BASE [9101]  COOLDOWN [2] seconds between runs
 #   LOAD_GRACE [120] seconds a load run may take beyond its duration (ramp-up, drain)
@@ -49,7 +50,7 @@ FANOUT_CONNS=${FANOUT_CONNS:-10000}
 FANOUT_PUBLISHERS=${FANOUT_PUBLISHERS:-1}
 FANOUT_RATE=${FANOUT_RATE:-1000/s}
 FANOUT_SIZE=${FANOUT_SIZE:-64}
-KNOWN_SERVERS="starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws"
+KNOWN_SERVERS="starling tokio-tungstenite fastwebsockets fastwebsockets-buffered node-ws uws"
 SERVERS=${SERVERS:-$KNOWN_SERVERS}
 SCENARIOS=${SCENARIOS:-echo fanout}
 SERVER_CPU=${SERVER_CPU:-1}
@@ -122,6 +123,7 @@ server_cmd() {
 			--writes "$writes"
 		;;
 	node-ws) printf '%s\n' node "$PEERS/node/server.js" --port "$port" --app "$app" ;;
+	uws) printf '%s\n' node "$PEERS/node/uws-server.mjs" --port "$port" --app "$app" ;;
 	esac
 }
 
@@ -206,8 +208,8 @@ build() {
 	(cd "$ROOT" && timeout 3600 cargo build --release -p starling -p starling-loadgen)
 	note "building the peers (release, own workspace and target dir)"
 	(cd "$PEERS" && timeout 3600 cargo build --release --target-dir "$PEERS/target")
-	if [[ ! -d $PEERS/node/node_modules/ws ]]; then
-		note "installing node ws (npm ci)"
+	if [[ ! -d $PEERS/node/node_modules/ws || ! -d $PEERS/node/node_modules/uws-pack ]]; then
+		note "installing node ws and uws-pack (npm ci)"
 		(cd "$PEERS/node" && timeout 600 npm ci --no-audit --no-fund)
 	fi
 }

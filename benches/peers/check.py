@@ -59,6 +59,9 @@ def server_commands(with_starling):
         ("node-ws",
          lambda port, app: ["node", os.path.join(HERE, "node", "server.js"),
                             "--port", str(port), "--app", app]),
+        ("uws",
+         lambda port, app: ["node", os.path.join(HERE, "node", "uws-server.mjs"),
+                            "--port", str(port), "--app", app]),
     ]
     if with_starling:
         starling = os.path.join(ROOT, "target", "release", "starling")
