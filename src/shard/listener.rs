@@ -12,12 +12,16 @@ use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds a non-blocking listener with SO_REUSEADDR and SO_REUSEPORT, and TCP Fast Open with
-/// a queue of `fastopen` when it is not 0.
+/// a queue of `fastopen` when it is not 0. TCP_NODELAY is set here, on the listener: Linux
+/// copies it to every socket `accept` returns, which saves a `setsockopt` per connection.
+/// (The shard already batches everything queued in a loop pass into one write, so Nagle
+/// would only add latency.)
 pub fn bind(addr: SocketAddr, backlog: i32, fastopen: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -49,16 +53,11 @@ pub enum Accepted {
     Skip,
 }
 
-/// Accepts one connection and prepares it: TCP_NODELAY, because the shard already batches
-/// everything queued in a loop pass into one write, so Nagle would only add latency.
+/// Accepts one connection (TCP_NODELAY already on, from the listener).
 pub fn accept(listener: &TcpListener) -> Accepted {
     loop {
         match listener.accept() {
-            Ok((stream, peer)) => {
-                // A failure here leaves a working (just slower) socket; not worth dropping it.
-                let _ = stream.set_nodelay(true);
-                return Accepted::Conn(stream, peer);
-            }
+            Ok((stream, peer)) => return Accepted::Conn(stream, peer),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -69,5 +68,28 @@ pub fn accept(listener: &TcpListener) -> Accepted {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection `setsockopt` is gone, so this is what keeps Nagle off: every
+    /// accepted socket inherits TCP_NODELAY from the listener.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 16, 0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let stream = loop {
+            match accept(&listener) {
+                Accepted::Conn(s, _) => break s,
+                Accepted::Drained => std::thread::yield_now(),
+                other => panic!("accept: {other:?}"),
+            }
+        };
+        assert!(socket2::SockRef::from(&stream).nodelay().unwrap());
+        assert!(!socket2::SockRef::from(&client).nodelay().unwrap());
     }
 }
