@@ -132,6 +132,12 @@ pub struct Config {
     /// Hub: channels one connection may subscribe to. Bounds what one client can make every
     /// shard track.
     pub max_channels_per_connection: usize,
+    /// Hub: largest `data` (its JSON text, in bytes) a client may publish or send directly;
+    /// over it the command gets `too_large` and the connection stays. 64 KiB, as Centrifugo's
+    /// client limit: a delivery is queued on every subscriber, so one publish costs its size
+    /// times the subscribers in queue space. The frame limit (`max_message_size`) still
+    /// bounds the command as a whole.
+    pub max_publish_size: usize,
     /// Hub: users a channel's presence list names. Beyond it, subscribers still subscribe but
     /// are only counted (the list says `truncated`), so one huge channel cannot make its owner
     /// hold, or a presence reply carry, an unbounded list. 10,000 names fit in a reply of about
@@ -197,6 +203,7 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             max_channels_per_connection: 128,
+            max_publish_size: 64 << 10,
             max_presence_members: 10_000,
             jwt_secret: None,
             anonymous: None,
@@ -333,6 +340,9 @@ impl Config {
         }
         if self.max_channels_per_connection == 0 {
             return bad("max_channels_per_connection", "must be at least 1");
+        }
+        if self.max_publish_size == 0 {
+            return bad("max_publish_size", "must be at least 1 byte");
         }
         if self.max_missed_pongs == 0 {
             return bad("max_missed_pongs", "must be at least 1");
@@ -529,6 +539,10 @@ pub struct ServeArgs {
     /// Hub: channels one connection may subscribe to [default: 128].
     #[arg(long, value_name = "N")]
     pub max_channels_per_connection: Option<usize>,
+    /// Hub: largest `data` a client may publish or send directly; over it: error `too_large`
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_publish_size: Option<usize>,
     /// Hub: users a channel's presence list names; beyond it they are only counted
     /// [default: 10000].
     #[arg(long, value_name = "N")]
@@ -633,6 +647,7 @@ impl ServeArgs {
             history_size,
             history_ttl,
             max_channels_per_connection,
+            max_publish_size,
             max_presence_members,
             rate_limit_messages,
             rate_limit_bytes,

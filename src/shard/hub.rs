@@ -322,6 +322,11 @@ impl Shard {
                 self.hub_subscribe(idx, id, channel, since, presence)
             }
             Wire::Presence { id, channel } => self.presence_query(idx, id, channel),
+            Wire::Direct { id, data, .. } | Wire::Publish { id, data, .. }
+                if data.get().len() > self.cfg.max_publish_size =>
+            {
+                self.hub_error(idx, id, ErrorCode::TooLarge)
+            }
             Wire::Direct { id, user, data } => self.direct_send(idx, id, &user.get(), data),
             Wire::Unsubscribe { id, channel } => self.hub_unsubscribe(idx, id, channel),
             Wire::Publish { id, channel, data } => {

@@ -207,6 +207,45 @@ fn bad_commands_get_error_replies_and_the_connection_stays() {
     assert_eq!(r["ok"], true);
 }
 
+/// `data` up to `max_publish_size` bytes of JSON is published; one byte more gets
+/// `too_large`, for publish and direct alike, and the connection stays usable.
+#[test]
+fn data_over_the_publish_limit_gets_too_large() {
+    let server = TestServer::start(Config {
+        app: App::Hub,
+        max_publish_size: 1000,
+        ..config()
+    });
+    let mut ws = connect(server.addr());
+    subscribe(&mut ws, 1, "big", None);
+    // A JSON string of 998 characters is 1000 bytes of JSON with its quotes.
+    let at_limit = "a".repeat(998);
+    send(
+        &mut ws,
+        json!({"op": "publish", "id": 2, "channel": "big", "data": at_limit}),
+    );
+    let (r, _) = reply(&mut ws, 2);
+    assert_eq!(r["ok"], true, "{r}");
+    let over = "a".repeat(999);
+    send(
+        &mut ws,
+        json!({"op": "publish", "id": 3, "channel": "big", "data": over}),
+    );
+    let (r, before) = reply(&mut ws, 3);
+    assert_eq!(r["error"]["code"], "too_large", "{r}");
+    assert!(
+        before.iter().all(|d| d["data"] == json!(at_limit)),
+        "only the first was delivered"
+    );
+    send(
+        &mut ws,
+        json!({"op": "direct", "id": 4, "user": "u", "data": over}),
+    );
+    let (r, _) = reply(&mut ws, 4);
+    assert_eq!(r["error"]["code"], "too_large", "{r}");
+    assert_eq!(Config::default().max_publish_size, 64 << 10);
+}
+
 #[test]
 fn binary_frames_and_non_json_close_the_connection() {
     let server = hub(1, 10);
