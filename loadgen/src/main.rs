@@ -10,6 +10,7 @@ mod alloc;
 mod cli;
 mod client;
 mod clock;
+mod coalesce;
 mod control;
 mod env;
 mod hub;

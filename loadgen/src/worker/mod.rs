@@ -97,11 +97,6 @@ struct Request<'a> {
 }
 
 /// Runs one thread's event loop to the end of the run.
-/// `--coalesce`: a poll that brings fewer events than this is followed by the wait.
-const COALESCE_BELOW: usize = 8;
-/// Timer slack of a coalescing thread.
-const COALESCE_SLACK_NS: u64 = 1_000;
-
 pub fn run(
     plan: Arc<Plan>,
     spec: Spec,
@@ -229,8 +224,7 @@ impl Worker<'_> {
         let mut events = Events::with_capacity(1024);
         let coalesce = self.plan.coalesce.as_nanos() as u64;
         if coalesce > 0 {
-            // The waits are a few tens of µs; the default 50 µs slack would double them.
-            starling::sys::set_thread_timer_slack(COALESCE_SLACK_NS)?;
+            starling::sys::set_thread_timer_slack(crate::coalesce::SLACK_NS)?;
         }
         // The last poll brought a few events while measuring (`--coalesce`).
         let mut few = false;
@@ -273,8 +267,8 @@ impl Worker<'_> {
                 Err(e) => return Err(e),
             }
             if coalesce > 0 {
-                let n = events.iter().take(COALESCE_BELOW).count();
-                few = (1..COALESCE_BELOW).contains(&n) && self.phase == Phase::Measure;
+                let n = events.iter().take(crate::coalesce::BELOW).count();
+                few = (1..crate::coalesce::BELOW).contains(&n) && self.phase == Phase::Measure;
             }
             for ev in events.iter() {
                 if ev.token() == WAKER {
