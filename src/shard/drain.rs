@@ -180,8 +180,7 @@ impl Shard {
     fn flush_channels_of(&mut self, batch: &[usize]) {
         let mut channels: Vec<_> = batch
             .iter()
-            .filter_map(|&idx| self.hub.by_conn.get(idx))
-            .flat_map(|subs| subs.iter().cloned())
+            .flat_map(|&idx| self.hub.by_conn.iter(idx).cloned())
             .collect();
         channels.sort_unstable();
         channels.dedup();

@@ -170,7 +170,7 @@ pub(super) struct HubState {
     /// Local subscribers per channel: live ones and ones waiting for the owner's answer.
     pub(super) local: HashMap<Arc<str>, Local>,
     /// Channels of each local connection, by slab index.
-    pub(super) by_conn: Vec<Subs>,
+    pub(super) by_conn: ConnChannels,
     /// Commands this shard sends to itself (it owns the channel), in FIFO order.
     pub(super) to_self: std::collections::VecDeque<HubCmd>,
     /// Seed for channel epochs.
@@ -201,7 +201,7 @@ pub(super) struct Batch {
     pub(super) keys: Vec<(usize, Arc<str>)>,
 }
 
-pub(super) use super::hub_index::{Local, Subs};
+pub(super) use super::hub_index::{ConnChannels, Local};
 
 impl HubState {
     /// Whether the connection is waiting for the owner's answer to its subscribe to `channel`.
@@ -389,11 +389,10 @@ impl Shard {
             return self.hub_error(idx, id, ErrorCode::Forbidden);
         }
 
-        let (subs, already) = self
-            .hub
-            .by_conn
-            .get(idx)
-            .map_or((0, false), |v| (v.len(), v.contains(ch)));
+        let (subs, already) = (
+            self.hub.by_conn.len(idx),
+            self.hub.by_conn.contains(idx, ch),
+        );
         if already {
             return self.hub_error(idx, id, ErrorCode::AlreadySubscribed);
         }
@@ -432,10 +431,7 @@ impl Shard {
             })
             .pending
             .push((from.idx, from.gen));
-        if self.hub.by_conn.len() <= idx {
-            self.hub.by_conn.resize_with(idx + 1, Subs::default);
-        }
-        self.hub.by_conn[idx].push(Arc::clone(&channel));
+        self.hub.by_conn.push(idx, Arc::clone(&channel));
         self.hub.subscriptions += 1;
         self.presence_join(from, &channel, watch);
         let owner = owner_of(&channel, self.shard_count());
@@ -452,7 +448,7 @@ impl Shard {
 
     fn hub_unsubscribe(&mut self, idx: usize, id: Option<u64>, ch: &str) {
         let gen = self.conns.get(idx).map_or(0, |c| c.generation);
-        let found = self.hub.by_conn.get_mut(idx).and_then(|v| v.remove(ch));
+        let found = self.hub.by_conn.remove(idx, ch);
         if found.is_some() {
             self.hub.subscriptions -= 1;
         }
@@ -495,8 +491,7 @@ impl Shard {
 
     /// A connection is leaving the slab: forget its subscriptions (and who it was).
     pub(super) fn hub_forget(&mut self, idx: usize, gen: u32) {
-        let chans = self.hub.by_conn.get_mut(idx).map(Subs::take_all);
-        let chans = chans.unwrap_or_default();
+        let chans = self.hub.by_conn.take_all(idx);
         self.hub.subscriptions -= chans.len() as u64;
         for ch in chans {
             self.drop_local(idx, gen, &ch);

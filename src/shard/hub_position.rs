@@ -130,11 +130,13 @@ impl Shard {
     /// waiting for the owner's answer is left out: the client was never told an epoch for it.
     /// Exact once the channels' sweeps are complete (`flush_channel`).
     pub(super) fn positions(&self, idx: usize) -> Vec<Position> {
-        let (Some(c), Some(subs)) = (self.conns.get(idx), self.hub.by_conn.get(idx)) else {
+        let Some(c) = self.conns.get(idx) else {
             return Vec::new();
         };
         let key = (idx as u32, c.generation);
-        subs.iter()
+        self.hub
+            .by_conn
+            .iter(idx)
             .filter_map(|ch| {
                 // Subscribed (live or pending) and not pending: live. `pending` is short.
                 let l = self
