@@ -14,36 +14,13 @@
 // is installed; UTF-8 validation uses Node's built-in buffer.isUtf8.
 
 const { WebSocketServer, WebSocket } = require('ws');
+const { parseArgs } = require('./args.js');
 
 // A fan-out run opens 10,000 connections in a burst; Node's default backlog of
 // 511 would make the kernel drop SYNs. The kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG = 4096;
 
-function usage(msg) {
-  process.stderr.write(`server.js: ${msg}\n`);
-  process.stderr.write('usage: node server.js [--host H] [--port P] [--app echo|broadcast]\n');
-  process.exit(2);
-}
-
-function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 9001, app: 'echo' };
-  for (let i = 0; i < argv.length; i += 2) {
-    const flag = argv[i];
-    const value = argv[i + 1];
-    if (value === undefined) usage(`${flag} needs a value`);
-    if (flag === '--host') opts.host = value;
-    else if (flag === '--port') opts.port = Number(value);
-    else if (flag === '--app') opts.app = value;
-    else usage(`unknown argument ${flag}`);
-  }
-  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
-    usage(`bad --port ${opts.port}`);
-  }
-  if (opts.app !== 'echo' && opts.app !== 'broadcast') usage(`unknown app ${opts.app}`);
-  return opts;
-}
-
-const opts = parseArgs(process.argv.slice(2));
+const opts = parseArgs('server.js', process.argv.slice(2));
 const wss = new WebSocketServer({
   host: opts.host,
   port: opts.port,

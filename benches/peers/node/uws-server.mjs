@@ -13,32 +13,11 @@
 // (uWS skips a subscriber above it until it catches up), no compression, idle timeout off.
 
 import { App, DISABLED } from 'uws-pack';
+import args from './args.js';
 
-function usage(msg) {
-  process.stderr.write(`uws-server.mjs: ${msg}\n`);
-  process.stderr.write('usage: node uws-server.mjs [--host H] [--port P] [--app echo|broadcast]\n');
-  process.exit(2);
-}
+const { parseArgs } = args;
 
-function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 9001, app: 'echo' };
-  for (let i = 0; i < argv.length; i += 2) {
-    const flag = argv[i];
-    const value = argv[i + 1];
-    if (value === undefined) usage(`${flag} needs a value`);
-    if (flag === '--host') opts.host = value;
-    else if (flag === '--port') opts.port = Number(value);
-    else if (flag === '--app') opts.app = value;
-    else usage(`unknown argument ${flag}`);
-  }
-  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
-    usage(`bad --port ${opts.port}`);
-  }
-  if (opts.app !== 'echo' && opts.app !== 'broadcast') usage(`unknown app ${opts.app}`);
-  return opts;
-}
-
-const opts = parseArgs(process.argv.slice(2));
+const opts = parseArgs('uws-server.mjs', process.argv.slice(2));
 const TOPIC = 'all';
 const app = App();
 
