@@ -200,6 +200,11 @@ stop_server() {
 }
 
 build() {
+	# The node peers are installed either way: SKIP_BUILD only skips compiling.
+	if [[ ! -d $PEERS/node/node_modules/ws || ! -d $PEERS/node/node_modules/uws-pack ]]; then
+		note "installing node ws and uws-pack (npm ci)"
+		(cd "$PEERS/node" && timeout 600 npm ci --no-audit --no-fund)
+	fi
 	if [[ $SKIP_BUILD == 1 ]]; then
 		note "SKIP_BUILD=1: using existing binaries"
 		return
@@ -208,10 +213,6 @@ build() {
 	(cd "$ROOT" && timeout 3600 cargo build --release -p starling -p starling-loadgen)
 	note "building the peers (release, own workspace and target dir)"
 	(cd "$PEERS" && timeout 3600 cargo build --release --target-dir "$PEERS/target")
-	if [[ ! -d $PEERS/node/node_modules/ws || ! -d $PEERS/node/node_modules/uws-pack ]]; then
-		note "installing node ws and uws-pack (npm ci)"
-		(cd "$PEERS/node" && timeout 600 npm ci --no-audit --no-fund)
-	fi
 }
 
 preflight() {

@@ -291,14 +291,25 @@ profile_wmem() {
     if [[ "$PROFILE" == throughput ]]; then printf '4096 65536 16777216'; else printf '4096 16384 1048576'; fi
 }
 
-# ports_target RANGE: the ip_local_port_range that gives need_ports ports per source address,
-# widening only downward from 65535 and never below 1024; RANGE if it already suffices.
+# Linux's connect() tries ports of one parity first (the other half is left for bind()), so
+# once half of the range is in use towards one destination every further connect() scans the
+# used half before it finds a port: measured on loopback, 19,000 connections from one address
+# opened at 3.2k/s with 28232 ports and at 49k/s with 64512.
+fast_ports() { printf '%s' $((2 * $(need_ports))); }
+
+# ports_target RANGE: the ip_local_port_range for N connections: twice need_ports when that
+# fits (connect stays fast), else need_ports; widening only downward from 65535 and never
+# below 1024; RANGE if it already suffices.
 ports_target() {
-    local lo hi need width low
+    local lo hi need fast width low
     lo="$(field "$1" 1)"
     hi="$(field "$1" 2)"
     need="$(need_ports)"
+    fast="$(fast_ports)"
     width=$((hi - lo + 1))
+    if ((fast <= PORT_HIGH - PORT_LOW_MIN + 1)); then
+        need=$fast
+    fi
     if ((width >= need)); then
         printf '%s' "$1"
         return

@@ -117,6 +117,35 @@ pub fn check_ports(
     ))
 }
 
+/// A warning when the run fits the port range but passes half of it on some (source, target)
+/// pair. Linux's connect() picks ports of one parity first (the other half is left for
+/// bind()); once that half is used towards a destination, every further connect() scans it
+/// first. Measured on loopback, 19,000 connections from one address opened at 3.2k/s with
+/// 28232 ports and at 49k/s with 64512.
+pub fn port_warning(
+    endpoints: &Endpoints,
+    total: u64,
+    range: Option<(u16, u16)>,
+) -> Option<String> {
+    let (lo, hi) = range?;
+    let ports = u64::from(hi - lo) + 1;
+    let need = endpoints.per_pair(total);
+    if need > ports || 2 * need <= ports {
+        return None;
+    }
+    let sources = (2 * total)
+        .div_ceil(ports * endpoints.targets.len() as u64)
+        .min(254);
+    let wide = 65535 - (2 * need).min(64512) + 1;
+    Some(format!(
+        "{need} connections per (source, target) pair pass half of \
+         net.ipv4.ip_local_port_range = {lo}-{hi} ({ports} ports): past the half, each \
+         connect() scans the ports in use and the connect rate falls about tenfold. For a fast \
+         ramp: sysctl -w net.ipv4.ip_local_port_range=\"{wide} 65535\", or --source \
+         127.0.0.1-127.0.0.{sources}"
+    ))
+}
+
 /// Refuses a run whose per-process socket count would exceed the open-file limit.
 /// `hard` is RLIMIT_NOFILE's hard limit (the soft limit is raised to it at start).
 pub fn check_fds(sockets: u64, procs: u64, hard: u64) -> Result<(), String> {
@@ -199,6 +228,20 @@ mod tests {
         assert!(check_ports(&ep(0, 4), 60_000, range).is_ok());
         assert!(check_ports(&ep(3, 1), 60_000, range).is_ok());
         assert!(check_ports(&ep(0, 1), 1 << 40, None).is_ok());
+    }
+
+    #[test]
+    fn passing_half_the_range_warns_with_the_fix() {
+        let range = Some((32768, 60999));
+        assert!(port_warning(&ep(0, 1), 14_000, range).is_none());
+        let w = port_warning(&ep(0, 1), 19_000, range).unwrap();
+        assert!(w.contains("\"27536 65535\""), "{w}");
+        assert!(w.contains("--source 127.0.0.1-127.0.0.2"), "{w}");
+        // Spread over four targets, each pair stays under the half.
+        assert!(port_warning(&ep(0, 4), 19_000, range).is_none());
+        // Refused runs are check_ports' business, not a warning.
+        assert!(port_warning(&ep(0, 1), 60_000, range).is_none());
+        assert!(port_warning(&ep(0, 1), 19_000, None).is_none());
     }
 
     #[test]

@@ -227,6 +227,15 @@ assert_eq "one source for 1M connections exits 1" 1 "$RC"
 assert_eq "one source: port range LOW" LOW "$(text_status net.ipv4.ip_local_port_range)"
 assert_contains "one source: says how many sources" "$OUT" "use --sources 16 or more"
 
+# 20,000 connections fit the default range (28232 ports) but pass its half, where connect()
+# starts scanning used ports: OK, plus an INFO row naming the range that keeps it fast.
+run_check "$LOW" --connections 20000 --role client
+assert_eq "20k from one source: port range OK" OK "$(text_status net.ipv4.ip_local_port_range)"
+assert_eq "20k from one source: connect-rate row" INFO "$(text_status "connect() rate (port range)")"
+assert_contains "20k from one source: fast range named" "$OUT" 'ip_local_port_range="25536 65535"'
+run_check "$LOW" --connections 14000 --role client
+assert "14k from one source: no connect-rate row" test "$(grep -c 'connect() rate' <<<"$OUT" || true)" -eq 0
+
 # Roles select rows: the server has no ephemeral ports to spend, the client no accept queue.
 run_check "$OKT" --connections 1000000 --role server
 assert_eq "role server exits 0 (no port row)" 0 "$RC"
