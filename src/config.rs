@@ -162,6 +162,12 @@ pub struct Config {
     /// 15 s stays under the 30-60 s idle timeouts common in proxies and load balancers.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// Fan-out (broadcast and channel sweeps): the shortest time between two revolutions of a
+    /// sweep, so between two writes to the same connection; what arrives in between joins
+    /// that connection's next write. 0 = a revolution starts as soon as the last one ends.
+    /// Fewer, larger writes cost both ends less per message (README, fan-out latency).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
     /// Hub: slow-subscriber policy per channel (`"prices.*=conflate"`), first match wins;
     /// channels no rule names disconnect slow subscribers, which is what a client that must
     /// not miss a message wants to learn about. Resolved once per channel and shard, when its
@@ -211,6 +217,7 @@ impl Default for Config {
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
             sse_keepalive: Duration::from_secs(15),
+            sweep_interval: Duration::ZERO,
             bus: BusSettings::default(),
             channel_policy: Vec::new(),
         }
@@ -331,6 +338,9 @@ impl Config {
             if d.is_zero() {
                 return bad(field, "must be greater than zero");
             }
+        }
+        if self.sweep_interval > Duration::from_secs(1) {
+            return bad("sweep_interval", "must be at most 1s");
         }
         if self.pong_timeout >= self.ping_interval {
             return bad("pong_timeout", "must be shorter than ping_interval");
@@ -591,6 +601,11 @@ pub struct ServeArgs {
     /// Hub: keep-alive comment interval on idle server-sent event streams [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Option<Duration>,
+    /// Shortest time between two fan-out writes to the same connection (a sweep revolution);
+    /// deliveries in between join its next write. 0 = as soon as the sweep comes round
+    /// [default: 0].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Option<Duration>,
     /// Hub: `local` (one node) or a Redis URL that joins this node to the others using it,
     /// e.g. redis://127.0.0.1:6379 (docs/CLUSTER.md) [default: local].
     #[arg(long, value_name = "URL")]
@@ -651,7 +666,8 @@ impl ServeArgs {
             max_presence_members,
             rate_limit_messages,
             rate_limit_bytes,
-            sse_keepalive
+            sse_keepalive,
+            sweep_interval
         );
         if self.jwt_secret.is_some() {
             c.jwt_secret = self.jwt_secret.clone();

@@ -7,21 +7,22 @@
 #
 # usage: benches/scripts/fanout-ab.sh SERVER_BIN PORT RATE [broadcast|hub]
 #   e.g. benches/scripts/fanout-ab.sh /tmp/before/starling 9301 100/s hub
-# Environment: LOADGEN_BIN [target/release/starling-loadgen], OUT [/tmp]
+# Environment: LOADGEN_BIN [target/release/starling-loadgen], OUT [/tmp], LOADGEN_ARGS (extra
+# load-generator options), SERVER_ARGS (extra server options, e.g. "--sweep-interval 50ms")
 set -euo pipefail
 bin=$1 port=$2 rate=$3 app=${4:-broadcast}
 mode=raw
 [[ $app == hub ]] && mode=hub
 loadgen=${LOADGEN_BIN:-target/release/starling-loadgen}
 out=${OUT:-/tmp}
-taskset -c 1 "$bin" serve --listen "127.0.0.1:$port" --app "$app" --shards 1 --no-api \
+taskset -c 1 "$bin" serve --listen "127.0.0.1:$port" --app "$app" --shards 1 --no-api ${SERVER_ARGS:-} \
     >"$out/fanout-ab-$port.server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 sleep 0.5
 taskset -c 0 "$loadgen" fanout "ws://127.0.0.1:$port/" --mode "$mode" --connections 10000 \
     --publishers 1 --rate "$rate" --size 64 --duration 8s --drain 10s --no-progress \
-    --server-pid "$server" --json "$out/fanout-ab-$port.json" >"$out/fanout-ab-$port.txt" 2>&1
+    --server-pid "$server" ${LOADGEN_ARGS:-} --json "$out/fanout-ab-$port.json" >"$out/fanout-ab-$port.txt" 2>&1
 python3 - "$out/fanout-ab-$port.json" "$bin $app $rate" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -99,6 +99,10 @@ pub(crate) struct Shard {
     pub(super) counters: Counters,
     published: Published,
     start: Instant,
+    /// This pass's sweeps: one stopped for its budget (the poll must not wait), and the
+    /// earliest time a paced sweep may go on.
+    pub(super) sweep_ready: bool,
+    pub(super) sweep_wake: Option<Instant>,
     /// Milliseconds since `start`, read once per pass.
     pub(super) now: u64,
     accept_paused_until: Option<u64>,
@@ -171,6 +175,8 @@ impl Shard {
             counters: Counters::default(),
             published,
             start: Instant::now(),
+            sweep_ready: false,
+            sweep_wake: None,
             now: 0,
             accept_paused_until: None,
             drain: None,
@@ -274,6 +280,8 @@ impl Shard {
             self.drain_step();
 
             // 6. Flush.
+            self.sweep_ready = false;
+            self.sweep_wake = None;
             self.hub_flush_all();
             self.sweep_step();
             self.flush_dirty();
@@ -297,7 +305,10 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.pending_reads.is_empty() || !self.sweep.is_idle() || self.hub_sweeping() {
+        let sweeping = !self.sweep.is_idle() || self.hub_sweeping();
+        // A paced sweep that only waits lets the poll sleep until its time comes.
+        let paced = sweeping && !self.sweep_ready && self.sweep_wake.is_some();
+        if !self.pending_reads.is_empty() || (sweeping && !paced) {
             return Some(Duration::ZERO);
         }
         let mut next = self.now + 1000;
@@ -311,7 +322,11 @@ impl Shard {
             next = next.min(t);
         }
         next = next.min(self.next_publish);
-        Some(Duration::from_millis(next.saturating_sub(self.now)))
+        let timeout = Duration::from_millis(next.saturating_sub(self.now));
+        match self.sweep_wake.filter(|_| paced) {
+            Some(w) => Some(timeout.min(w.saturating_duration_since(Instant::now()))),
+            None => Some(timeout),
+        }
     }
 
     fn peers_congested(&self) -> bool {

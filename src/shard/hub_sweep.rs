@@ -13,6 +13,7 @@
 //! one from before its subscription, or misses one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -22,7 +23,17 @@ use crate::hub::sse::delivery_seq;
 use super::conn::{flags, Phase};
 use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
 use super::hub::Batch;
-use super::sweep::{BLOCK, CONNS_PER_PASS, MAX_PENDING_BYTES};
+use super::sweep::{Next, BLOCK, CONNS_PER_PASS, MAX_PENDING_BYTES};
+
+/// What one step of a channel's sweep did.
+enum Step {
+    /// Wrote one block: to this many subscribers.
+    Wrote(usize),
+    /// Paced: the channel's next block may be written from then on.
+    Wait(std::time::Instant),
+    /// The channel is up to date.
+    Done,
+}
 
 impl Shard {
     /// Holds a delivery until the end of the pass (or the next change of the channel's
@@ -64,7 +75,7 @@ impl Shard {
     /// changes.
     pub(super) fn flush_channel(&mut self, channel: &Arc<str>) {
         self.commit_channel(channel);
-        while self.sweep_channel_block(channel).is_some() {}
+        while let Step::Wrote(_) = self.sweep_channel_block(channel, Duration::ZERO) {}
     }
 
     /// Moves a channel's held deliveries into its stream. A conflating channel is not swept:
@@ -159,16 +170,26 @@ impl Shard {
                 .local
                 .get(&ch)
                 .is_some_and(|l| l.sweep.pending_bytes() > MAX_PENDING_BYTES);
+            let interval = if full {
+                Duration::ZERO
+            } else {
+                self.cfg.sweep_interval
+            };
             while budget > 0 || full {
-                match self.sweep_channel_block(&ch) {
-                    Some(n) => budget = budget.saturating_sub(n),
-                    None => break,
+                match self.sweep_channel_block(&ch, interval) {
+                    Step::Wrote(n) => budget = budget.saturating_sub(n),
+                    Step::Wait(t) => {
+                        self.sweep_wait_until(t);
+                        break;
+                    }
+                    Step::Done => break,
                 }
             }
             let idle = self.hub.local.get(&ch).is_none_or(|l| l.sweep.is_idle());
             if idle {
                 self.hub.sweeping.swap_remove(i);
             } else if budget == 0 {
+                self.sweep_ready = true;
                 return;
             } else {
                 i += 1;
@@ -176,11 +197,17 @@ impl Shard {
         }
     }
 
-    /// Writes the channel's next block that is behind. Returns how many subscribers it wrote
-    /// to, or `None` when the channel is up to date.
-    fn sweep_channel_block(&mut self, channel: &Arc<str>) -> Option<usize> {
-        let l = self.hub.local.get_mut(channel)?;
-        let (block, bytes, msgs) = l.sweep.next_block()?;
+    /// Writes the channel's next block that is behind, unless `interval` (pacing) says to wait
+    /// for it.
+    fn sweep_channel_block(&mut self, channel: &Arc<str>, interval: Duration) -> Step {
+        let Some(l) = self.hub.local.get_mut(channel) else {
+            return Step::Done;
+        };
+        let (block, bytes, msgs) = match l.sweep.next_block_paced(interval) {
+            Next::Block(block, bytes, msgs) => (block, bytes, msgs),
+            Next::Wait(t) => return Step::Wait(t),
+            Next::Done => return Step::Done,
+        };
         let policy = l.policy;
         let start = (block * BLOCK).min(l.live.len());
         let end = ((block + 1) * BLOCK).min(l.live.len());
@@ -216,6 +243,6 @@ impl Shard {
             self.hold(channel, policy, msgs, &bytes, &[], over);
         }
         self.settle(out);
-        Some(written)
+        Step::Wrote(written)
     }
 }

@@ -16,9 +16,19 @@
 //! block that is behind first brings that block up to date ([`Sweep::take_block`]), so a new
 //! connection never receives a message committed before it opened.
 //!
+//! **Paced (`sweep_interval`).** Each block remembers when it was last written; with an
+//! interval set, the sweep does not write a block again before that much time has passed,
+//! and the shard's poll sleeps until then. Every write then carries what arrived during at
+//! least the interval: fewer, larger writes, and a message waits at most the longer of the
+//! interval and one revolution. On loopback the receiving side runs on the same box, and a
+//! client that is handed 10,000 small writes per revolution as fast as one core can issue
+//! them falls behind reading them; see the README's fan-out figures.
+//!
 //! **Bounded.** The stream keeps only the bytes some block still lacks (at most one
 //! revolution); when that exceeds [`MAX_PENDING_BYTES`] the shard completes the revolution in
 //! one pass, as a fully synchronous delivery would, which also pushes back on publishers.
+
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -52,6 +62,19 @@ pub(super) struct Sweep {
     cursor: usize,
     /// Blocks whose mark is below `head`.
     behind: usize,
+    /// When each block was last written (None: not yet).
+    written: Vec<Option<Instant>>,
+}
+
+/// What a paced sweep does next.
+#[derive(Debug)]
+pub(super) enum Next {
+    /// Write this block these bytes (carrying this many messages).
+    Block(usize, Bytes, u64),
+    /// The next block that is behind may be written from then on.
+    Wait(Instant),
+    /// Every block is up to date.
+    Done,
 }
 
 impl Sweep {
@@ -126,11 +149,43 @@ impl Sweep {
         None
     }
 
+    /// [`next_block`](Self::next_block), except that a block written less than `interval`
+    /// ago is not written again yet: the sweep then waits for it (blocks are visited in
+    /// order, so it is the one written longest ago among those behind).
+    pub fn next_block_paced(&mut self, interval: Duration) -> Next {
+        if interval.is_zero() {
+            return match self.next_block() {
+                Some((b, bytes, msgs)) => Next::Block(b, bytes, msgs),
+                None => Next::Done,
+            };
+        }
+        if self.behind == 0 {
+            return Next::Done;
+        }
+        let n = self.blocks.len();
+        let Some(b) = (0..n)
+            .map(|step| (self.cursor + step) % n)
+            .find(|&b| self.blocks[b] != self.head)
+        else {
+            self.behind = 0;
+            return Next::Done;
+        };
+        if let Some(due) = self.written[b].map(|t| t + interval) {
+            if due > Instant::now() {
+                return Next::Wait(due);
+            }
+        }
+        self.cursor = (b + 1) % n;
+        let (bytes, msgs) = self.catch_up(b);
+        Next::Block(b, bytes, msgs)
+    }
+
     /// Creates blocks `0..n` that do not exist yet, at the head: positions in them receive
     /// only what is committed from now on.
     pub fn ensure_blocks(&mut self, n: usize) {
         if n > self.blocks.len() {
             self.blocks.resize(n, self.head);
+            self.written.resize(n, None);
         }
     }
 
@@ -150,6 +205,7 @@ impl Sweep {
     fn catch_up(&mut self, b: usize) -> (Bytes, u64) {
         let m = self.blocks[b];
         self.blocks[b] = self.head;
+        self.written[b] = Some(Instant::now());
         self.behind -= 1;
         let bytes = self.data.slice((m.off - self.base) as usize..);
         if self.behind == 0 {
@@ -169,13 +225,32 @@ impl Shard {
         let msgs = std::mem::take(&mut self.batch_msgs);
         self.sweep.commit(frames, msgs);
         let all = self.sweep.pending_bytes() > MAX_PENDING_BYTES;
+        let interval = if all {
+            Duration::ZERO
+        } else {
+            self.cfg.sweep_interval
+        };
         let mut budget = CONNS_PER_PASS;
         while all || budget > 0 {
-            let Some((block, bytes, msgs)) = self.sweep.next_block() else {
-                break;
-            };
-            budget = budget.saturating_sub(self.write_block(block, &bytes, msgs));
+            match self.sweep.next_block_paced(interval) {
+                Next::Block(block, bytes, msgs) => {
+                    budget = budget.saturating_sub(self.write_block(block, &bytes, msgs));
+                }
+                Next::Wait(t) => {
+                    self.sweep_wait_until(t);
+                    return;
+                }
+                Next::Done => return,
+            }
         }
+        if !self.sweep.is_idle() {
+            self.sweep_ready = true;
+        }
+    }
+
+    /// A paced sweep may go on at `t`: the poll sleeps at most until the earliest such time.
+    pub(super) fn sweep_wait_until(&mut self, t: Instant) {
+        self.sweep_wake = Some(self.sweep_wake.map_or(t, |w| w.min(t)));
     }
 
     /// Completes the revolution: every open connection gets everything committed so far.
@@ -317,6 +392,40 @@ mod tests {
         assert_eq!(drain(&mut s), vec![(1, "ab".into(), 2), (0, "b".into(), 1)]);
         s.commit(vec![b("c")], 1);
         assert_eq!(drain(&mut s).len(), 3);
+    }
+
+    #[test]
+    fn a_paced_sweep_waits_for_the_block_written_last_and_loses_nothing() {
+        let mut s = Sweep::default();
+        s.ensure_blocks(2);
+        let long = Duration::from_secs(3600);
+        s.commit(vec![b("a")], 1);
+        // Never written: both go at once.
+        assert!(matches!(s.next_block_paced(long), Next::Block(0, _, 1)));
+        assert!(matches!(s.next_block_paced(long), Next::Block(1, _, 1)));
+        assert!(matches!(s.next_block_paced(long), Next::Done));
+        s.commit(vec![b("b")], 1);
+        s.commit(vec![b("c")], 1);
+        // Written just now: wait about an hour, and nothing moves meanwhile.
+        let Next::Wait(t) = s.next_block_paced(long) else {
+            panic!("expected a wait");
+        };
+        assert!(t > Instant::now() + Duration::from_secs(3500));
+        assert!(matches!(s.next_block_paced(long), Next::Wait(_)));
+        assert_eq!(s.pending_bytes(), 2);
+        // Unpaced (a revolution completed before the subscriber set changes, or the stream
+        // over its bound): everything pending, in order, once.
+        assert_eq!(
+            drain(&mut s),
+            vec![(0, "bc".into(), 2), (1, "bc".into(), 2)]
+        );
+        // A short interval that has passed lets the next revolution go.
+        s.commit(vec![b("d")], 1);
+        std::thread::sleep(Duration::from_millis(5));
+        let short = Duration::from_millis(1);
+        assert!(matches!(s.next_block_paced(short), Next::Block(0, _, 1)));
+        assert!(matches!(s.next_block_paced(short), Next::Block(1, _, 1)));
+        assert!(s.is_idle());
     }
 
     #[test]

@@ -310,9 +310,25 @@ fn expect_run(ws: &mut Ws, who: &str, after: u64, last: u64) {
 
 #[test]
 fn wide_channels_stay_complete_while_subscribers_come_and_go_mid_stream() {
+    wide_channel_run(hub(1, 1000));
+}
+
+#[test]
+fn paced_wide_channels_stay_complete_while_subscribers_come_and_go_mid_stream() {
+    // --sweep-interval: blocks wait for their interval, and a subscriber that leaves or
+    // joins still finds the channel brought fully up to date first.
+    wide_channel_run(TestServer::start(Config {
+        app: App::Hub,
+        shards: 1,
+        history_size: 1000,
+        sweep_interval: std::time::Duration::from_millis(15),
+        ..config()
+    }));
+}
+
+fn wide_channel_run(server: TestServer) {
     // 700 subscribers on one shard: more than the shard writes per loop pass, so a channel's
     // deliveries reach them over several passes while later publishes arrive.
-    let server = hub(1, 1000);
     let mut subs: Vec<Ws> = (0..700).map(|_| connect(server.addr())).collect();
     for (i, s) in subs.iter_mut().enumerate() {
         let (r, _) = subscribe(s, 1, "wide", None);
