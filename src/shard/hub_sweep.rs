@@ -56,7 +56,8 @@ impl Shard {
     }
 
     /// Whether some channel still has subscribers to write (the loop then polls without
-    /// waiting).
+    /// waiting, or, when every such channel is paced by `sweep_interval`, until the
+    /// earliest of them is due).
     pub(super) fn hub_sweeping(&self) -> bool {
         !self.hub.sweeping.is_empty()
     }

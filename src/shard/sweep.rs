@@ -141,6 +141,7 @@ impl Sweep {
             let b = (self.cursor + step) % n;
             if self.blocks[b] != self.head {
                 self.cursor = (b + 1) % n;
+                self.written[b] = Some(Instant::now());
                 let (bytes, msgs) = self.catch_up(b);
                 return Some((b, bytes, msgs));
             }
@@ -150,8 +151,10 @@ impl Sweep {
     }
 
     /// [`next_block`](Self::next_block), except that a block written less than `interval`
-    /// ago is not written again yet: the sweep then waits for it (blocks are visited in
-    /// order, so it is the one written longest ago among those behind).
+    /// ago is not written again yet: the sweep then waits for it. Only the sweep's own
+    /// writes, which visit blocks in cursor order, set a block's time (a connection that
+    /// opens brings its block up to date without it), so the first block behind from the
+    /// cursor is the one the sweep wrote longest ago.
     pub fn next_block_paced(&mut self, interval: Duration) -> Next {
         if interval.is_zero() {
             return match self.next_block() {
@@ -176,6 +179,7 @@ impl Sweep {
             }
         }
         self.cursor = (b + 1) % n;
+        self.written[b] = Some(Instant::now());
         let (bytes, msgs) = self.catch_up(b);
         Next::Block(b, bytes, msgs)
     }
@@ -205,7 +209,6 @@ impl Sweep {
     fn catch_up(&mut self, b: usize) -> (Bytes, u64) {
         let m = self.blocks[b];
         self.blocks[b] = self.head;
-        self.written[b] = Some(Instant::now());
         self.behind -= 1;
         let bytes = self.data.slice((m.off - self.base) as usize..);
         if self.behind == 0 {
@@ -425,6 +428,37 @@ mod tests {
         let short = Duration::from_millis(1);
         assert!(matches!(s.next_block_paced(short), Next::Block(0, _, 1)));
         assert!(matches!(s.next_block_paced(short), Next::Block(1, _, 1)));
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_block_brought_up_to_date_by_a_join_does_not_hold_the_paced_sweep() {
+        // The sweep wrote every block, then the interval passed. A connection opening in
+        // block 0 (at the cursor) catches that block up, and more is committed: the sweep
+        // must write all three now. Were the join to count as the sweep's write, block 0
+        // would look freshly written and the sweep would wait on it while 1 and 2 are due;
+        // a client reconnecting into block 0 faster than the interval would hold them back
+        // indefinitely.
+        let mut s = Sweep::default();
+        s.ensure_blocks(3);
+        let interval = Duration::from_millis(30);
+        s.commit(vec![b("a")], 1);
+        assert_eq!(drain(&mut s).len(), 3);
+        std::thread::sleep(Duration::from_millis(40));
+        s.commit(vec![b("b")], 1);
+        assert_eq!(
+            s.take_block(0).map(|(bytes, n)| (bytes, n)),
+            Some((b("b"), 1))
+        );
+        s.commit(vec![b("c")], 1);
+        let mut written = Vec::new();
+        while let Next::Block(blk, bytes, n) = s.next_block_paced(interval) {
+            written.push((blk, String::from_utf8(bytes.to_vec()).unwrap(), n));
+        }
+        assert_eq!(
+            written,
+            vec![(0, "c".into(), 1), (1, "bc".into(), 2), (2, "bc".into(), 2)]
+        );
         assert!(s.is_idle());
     }
 

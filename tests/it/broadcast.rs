@@ -156,25 +156,31 @@ fn many_connections_get_every_message_once_and_late_joiners_only_what_follows() 
 
 #[test]
 fn a_paced_sweep_batches_writes_and_still_delivers_everything_in_order() {
-    // --sweep-interval: a connection is written at most once per interval, so a burst of
-    // messages reaches each connection in a few writes, complete and in order. 300
-    // connections make three blocks, more than one loop pass writes.
+    // --sweep-interval: a block of connections is written at most once per interval. The
+    // messages are sent one by one (each flushed, 2 ms apart), so an unpaced sweep would
+    // write each of the 300 connections about once per message; paced, the writes per
+    // connection are bounded by the time the burst took over the interval. 300 connections
+    // make three blocks, more than one loop pass writes.
+    let interval = Duration::from_millis(20);
     let server = TestServer::start(Config {
         app: App::Broadcast,
         shards: 1,
-        sweep_interval: Duration::from_millis(20),
+        sweep_interval: interval,
         ..config()
     });
     let mut clients: Vec<Ws> = (0..300).map(|_| ws::connect(server.addr())).collect();
     assert!(wait_until(PATIENCE, || server.counters().upgraded >= 300));
+    // Counters are published periodically: wait until the upgrades' writes are in them.
+    std::thread::sleep(Duration::from_millis(600));
     let writes_before = server.counters().write_calls;
+    let started = std::time::Instant::now();
     let n = 100;
     for i in 0..n {
         clients[0]
-            .write(Message::Binary(format!("m{i}").into_bytes()))
+            .send(Message::Binary(format!("m{i}").into_bytes()))
             .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
     }
-    clients[0].flush().unwrap();
     for (k, c) in clients.iter_mut().enumerate() {
         for i in 0..n {
             let got = ws::next_data(c);
@@ -185,15 +191,22 @@ fn a_paced_sweep_batches_writes_and_still_delivers_everything_in_order() {
             );
         }
     }
-    // The shard publishes its counters periodically.
+    let elapsed = started.elapsed();
     assert!(wait_until(PATIENCE, || server.counters().messages_out >= 300 * n));
     let c = server.counters();
     assert_eq!(c.messages_out, 300 * n);
-    // Unpaced, a burst read over several passes goes out in about one write per pass per
-    // connection; paced, each connection gets the burst in a handful of writes.
+    // Each block is written at most once per interval (plus the first write), so each
+    // connection at most elapsed / interval + 1 times; the sender's 100 reads add one
+    // write each at most (it is in block 0 too).
     let writes = c.write_calls - writes_before;
+    let per_conn = elapsed.as_millis() as u64 / interval.as_millis() as u64 + 1;
     assert!(
-        writes < 300 * 10,
-        "{writes} writes for {n} messages to 300 connections"
+        writes <= 300 * per_conn,
+        "{writes} writes for {n} messages to 300 connections in {elapsed:?} (bound {})",
+        300 * per_conn
+    );
+    assert!(
+        writes < 300 * n / 2,
+        "{writes} writes: not batched ({elapsed:?})"
     );
 }

@@ -32,6 +32,7 @@ const FLAGS: &[&str] = &[
     "--stats-interval",
     "--channel-policy",
     "--sse-keepalive",
+    "--sweep-interval",
     "--max-presence-members",
 ];
 
@@ -73,6 +74,7 @@ fn bad_flag_values_exit_2_with_a_message() {
         ),
         (&["serve", "--channel-policy", "log.*"], "--channel-policy"),
         (&["serve", "--sse-keepalive", "0s"], "sse_keepalive"),
+        (&["serve", "--sweep-interval", "2s"], "sweep_interval"),
         // A drain closes with "going away" or "service restart", nothing else.
         (&["serve", "--drain-code", "1000"], "drain_code"),
         (&["serve", "--drain-interval", "soon"], "--drain-interval"),
