@@ -54,12 +54,6 @@ fn run(args: &cli::Args) -> Result<u8, String> {
         limit.soft,
         sys::ephemeral_port_range(),
     )?;
-    if plan.child.is_none() && plan.scenario != cli::Scenario::Churn {
-        let sockets = plan.connections + plan.publishers;
-        if let Some(w) = addr::port_warning(&plan.endpoints, sockets, sys::ephemeral_port_range()) {
-            eprintln!("starling-loadgen: warning: {w}");
-        }
-    }
     if plan.fastopen && plan.child.is_none() {
         if let Some(note) = env::fastopen_note() {
             eprintln!("starling-loadgen: {note}");

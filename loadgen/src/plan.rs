@@ -78,6 +78,8 @@ pub struct Plan {
     pub text: bool,
     /// TCP Fast Open on every connection.
     pub fastopen: bool,
+    /// Local ports assigned here instead of by the kernel's connect() (`addr::explicit_ports`).
+    pub local_ports: Option<(u16, u16)>,
     /// echo: wait after a poll that brought few events (`--coalesce`; zero: off).
     pub coalesce: Duration,
     /// Connect + handshake timeout.
@@ -248,8 +250,12 @@ impl Plan {
         let coalesce = crate::coalesce::resolve(&a.coalesce, s, inflight, threads * a.procs)?;
         let sockets = connections + publishers;
         addr::check_fds(sockets, a.procs as u64, nofile_hard)?;
+        // Churn reopens connections (new global indices) and leaves TIME_WAIT behind, so
+        // its ports stay the kernel's choice.
+        let mut local_ports = None;
         if s != Scenario::Churn {
             addr::check_ports(&endpoints, sockets, ports)?;
+            local_ports = addr::explicit_ports(&endpoints, sockets, ports);
         }
         Ok(Plan {
             scenario: s,
@@ -273,6 +279,7 @@ impl Plan {
             procs: a.procs,
             text: a.text,
             fastopen: a.fastopen,
+            local_ports,
             coalesce,
             timeout: a.timeout,
             concurrency: a.concurrency,

@@ -198,6 +198,9 @@ pub struct Counters {
     pub polls: u64,
     /// `--coalesce` waits (nanosleep(2) calls) before a poll.
     pub coalesce_waits: u64,
+    /// Connections whose own local port was taken, opened on a port the kernel chose.
+    #[serde(default)]
+    pub port_fallbacks: u64,
 }
 
 impl Counters {
@@ -243,7 +246,8 @@ impl Counters {
             reads,
             writes,
             polls,
-            coalesce_waits
+            coalesce_waits,
+            port_fallbacks
         );
     }
 }

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -533,6 +534,47 @@ def main():
         # the SYN.
         at_least("connections that used Fast Open", used, 49)
     c.case("starling connect --fastopen against --tcp-fastopen", fastopen)
+
+    def explicit_ports():
+        # A run past half the ephemeral range on its one (source, target) pair: the load
+        # generator binds each connection to a port of its own (connection g: the g-th port
+        # of the range) instead of leaving connect() to scan. The range is narrowed for this
+        # case only, and the ports in use are read with ss(8) during the hold.
+        path = "/proc/sys/net/ipv4/ip_local_port_range"
+        with open(path) as f:
+            old = f.read().strip()
+        lo, hi, n = 40000, 40999, 600
+        seen = []
+        with open(path, "w") as f:
+            f.write(f"{lo} {hi}")
+        try:
+            with starling(args.bin, "echo") as s:
+                def look():
+                    time.sleep(1.5)
+                    out = subprocess.run(
+                        ["ss", "-Htn", "state", "established", f"( dport = :{s.port} )"],
+                        capture_output=True, text=True).stdout
+                    seen.extend(int(line.split()[-2].rsplit(":", 1)[1])
+                                for line in out.splitlines() if line.strip())
+                t = threading.Thread(target=look)
+                t.start()
+                r, _ = c.run(["connect", s.url(), "-c", str(n), "--duration", "3s"])
+                t.join()
+        finally:
+            with open(path, "w") as f:
+                f.write(old)
+        clean(r, n)
+        eq("local_ports", r["connections"]["local_ports"], [lo, hi])
+        fallbacks = r["connections"]["port_fallbacks"]
+        eq("connections seen by ss", len(seen), n)
+        eq("distinct local ports", len(set(seen)), n)
+        # Every connection whose own port was free holds it: the first n of the range.
+        at_least("connections on their own port", sum(lo <= p < lo + n for p in seen),
+                 n - fallbacks)
+        if fallbacks > n // 10:
+            raise AssertionError(f"{fallbacks} of {n} ports were taken")
+    c.case("starling connect past half the port range (ports chosen per connection)",
+           explicit_ports)
 
     def refused():
         port = free_port()  # nothing listens there once the probe socket is closed

@@ -164,11 +164,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a non-blocking socket and starts connecting. With a source address the socket
-    /// is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel picks the port at connect
-    /// time per 4-tuple instead of reserving one per source address at bind time.
+    /// Opens a non-blocking socket and starts connecting. With a `port`, the socket is bound
+    /// to it first (on `source`, or on the unspecified address), with SO_REUSEADDR so that
+    /// this run's connections to other targets may share it; a port in use towards the
+    /// same target fails with EADDRINUSE or EADDRNOTAVAIL. Otherwise, with a source
+    /// address the socket is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
+    /// the port at connect time per 4-tuple instead of reserving one per source address at
+    /// bind time.
     pub fn connect(
         source: Option<IpAddr>,
+        port: Option<u16>,
         target: SocketAddr,
         nodelay: bool,
         fastopen: bool,
@@ -179,7 +184,14 @@ impl Conn {
             Some(Protocol::TCP),
         )?;
         let fd = socket.as_raw_fd();
-        if let Some(ip) = source {
+        if let Some(port) = port {
+            let ip = source.unwrap_or(match target {
+                SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            });
+            socket.set_reuse_address(true)?;
+            socket.bind(&SocketAddr::new(ip, port).into())?;
+        } else if let Some(ip) = source {
             // The port is then chosen at connect() time, per 4-tuple, not per source address.
             set_int_sockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
             socket.bind(&SocketAddr::new(ip, 0).into())?;

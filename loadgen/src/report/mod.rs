@@ -74,6 +74,11 @@ pub struct Connections {
     pub closed_clean: u64,
     /// Close handshakes the server did not answer in time.
     pub close_timeouts: u64,
+    /// `[first, last]` local ports the load generator assigned itself (past half the
+    /// ephemeral range on a (source, target) pair); absent: the kernel chose.
+    pub local_ports: Option<[u16; 2]>,
+    /// Of those connections, the ones whose port was taken and which the kernel placed.
+    pub port_fallbacks: u64,
 }
 
 /// Errors by kind (their sum is `errors`).
@@ -440,6 +445,8 @@ impl Report {
                 abandoned: c.abandoned,
                 closed_clean: c.closed_clean,
                 close_timeouts: c.close_timeouts,
+                local_ports: plan.local_ports.map(|(lo, hi)| [lo, hi]),
+                port_fallbacks: c.port_fallbacks,
             },
             failures: s.failures.to_map(),
             errors,

@@ -36,6 +36,14 @@ impl Report {
                 _ => String::new(),
             }
         );
+        if let Some([lo, hi]) = c.local_ports {
+            let _ = writeln!(
+                w,
+                "  ports        local ports {lo}-{hi} assigned per connection (over half the \
+                 ephemeral range per pair); {} taken, placed by the kernel",
+                c.port_fallbacks
+            );
+        }
         let h = &self.handshake_latency_us;
         let _ = writeln!(
             w,

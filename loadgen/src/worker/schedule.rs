@@ -99,7 +99,27 @@ impl Worker<'_> {
         self.io.stats.c.connect_attempts += 1;
         let (source, target) = self.plan.endpoints.pair_index(global);
         let addr = self.plan.endpoints.targets[target];
-        let mut stream = match Conn::connect(source, addr, self.io.nodelay, self.io.fastopen) {
+        let port = self
+            .plan
+            .local_ports
+            .map(|range| self.plan.endpoints.local_port(global, range));
+        let (nodelay, fastopen) = (self.io.nodelay, self.io.fastopen);
+        let opened = match Conn::connect(source, port, addr, nodelay, fastopen) {
+            // Our port is taken towards this target by someone else (another program, or a
+            // connection of an earlier run still in TIME_WAIT): let the kernel choose.
+            Err(e)
+                if port.is_some()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+                    ) =>
+            {
+                self.io.stats.c.port_fallbacks += 1;
+                Conn::connect(source, None, addr, nodelay, fastopen)
+            }
+            r => r,
+        };
+        let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
                 self.io.stats.failures.count_io(&e);
