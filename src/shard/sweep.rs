@@ -446,10 +446,7 @@ mod tests {
         assert_eq!(drain(&mut s).len(), 3);
         std::thread::sleep(Duration::from_millis(40));
         s.commit(vec![b("b")], 1);
-        assert_eq!(
-            s.take_block(0).map(|(bytes, n)| (bytes, n)),
-            Some((b("b"), 1))
-        );
+        assert_eq!(s.take_block(0), Some((b("b"), 1)));
         s.commit(vec![b("c")], 1);
         let mut written = Vec::new();
         while let Next::Block(blk, bytes, n) = s.next_block_paced(interval) {
