@@ -1,0 +1,4 @@
+starling_messages_out_total 9632020
+starling_written_bytes_total 963016359
+starling_write_calls_total 2421985
+starling_loop_busy_seconds_total 9.862548
