@@ -605,6 +605,29 @@ def main():
         eq("handshakes", r["connections"]["handshakes"], 0)
     c.case("reset -> reset, exit 1", reset)
 
+    for kind in ("random", "frames", "json"):
+        def garbage(kind=kind):
+            # A valid 101, then hostile bytes: every scenario ends with exit 1, each
+            # connection's fault counted, and no panic.
+            runs = (["connect", "-c", "20", "--duration", "1s"],
+                    ["echo", "-c", "10", "--duration", "1s"],
+                    ["fanout", "-c", "10", "--duration", "1s", "--drain", "500ms"],
+                    ["fanout", "--mode", "hub", "-c", "10", "--duration", "1s", "--drain",
+                     "500ms"],
+                    ["connect", "-c", "10", "--subscribe", "bench.0", "--duration", "1s"])
+            with py_server(f"garbage:{kind}") as s:
+                for argv in runs:
+                    r, err = c.run([argv[0], s.url(), *argv[1:]], expect_exit=1)
+                    if "panicked" in err:
+                        raise AssertionError(f"{argv}: {err[-800:]}")
+                    k = r["error_kinds"]
+                    faults = k["protocol_errors"] + k["mismatches"] + k["dropped"]
+                    at_least(f"{argv} faults", faults, 1)
+                    eq(f"{argv} connect failures", k["connect_failures"], 0)
+                    if kind == "random":
+                        at_least(f"{argv} protocol errors", k["protocol_errors"], 10)
+        c.case(f"valid 101 then hostile bytes ({kind}) -> counted, exit 1", garbage)
+
     def over_the_limit():
         _, err = c.run(["connect", "ws://127.0.0.1:9/", "-c", "1000000"], expect_exit=2)
         for needle in ("RLIMIT_NOFILE", "--procs", "sysctl/check"):
