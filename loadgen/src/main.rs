@@ -48,12 +48,7 @@ fn main() -> ExitCode {
 
 fn run(args: &cli::Args) -> Result<u8, String> {
     let limit = sys::raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    let plan = plan::Plan::from_args(
-        args,
-        sys::core_count(),
-        limit.soft,
-        sys::ephemeral_port_range(),
-    )?;
+    let plan = plan::Plan::from_args(args, sys::core_count(), limit.soft, addr::PortSpace::read())?;
     if plan.fastopen && plan.child.is_none() {
         if let Some(note) = env::fastopen_note() {
             eprintln!("starling-loadgen: {note}");

@@ -79,7 +79,7 @@ pub struct Plan {
     /// TCP Fast Open on every connection.
     pub fastopen: bool,
     /// Local ports assigned here instead of by the kernel's connect() (`addr::explicit_ports`).
-    pub local_ports: Option<(u16, u16)>,
+    pub local_ports: Option<addr::LocalPorts>,
     /// echo: wait after a poll that brought few events (`--coalesce`; zero: off).
     pub coalesce: Duration,
     /// Connect + handshake timeout.
@@ -106,12 +106,13 @@ pub struct Plan {
 
 impl Plan {
     /// Fills defaults, validates, and checks the budgets against this machine's limits:
-    /// `nofile_hard` (RLIMIT_NOFILE hard) and `ports` (the ephemeral range).
+    /// `nofile_hard` (RLIMIT_NOFILE hard) and `ports` (the ephemeral range, less reserved
+    /// ports).
     pub fn from_args(
         a: &Args,
         cores: usize,
         nofile_hard: u64,
-        ports: Option<(u16, u16)>,
+        ports: Option<addr::PortSpace>,
     ) -> Result<Plan, String> {
         let (hosts, ports_list, path) = parse_url(&a.url)?;
         let targets = resolve(&hosts, &ports_list)?;
@@ -119,8 +120,8 @@ impl Plan {
             Some(s) => addr::parse_sources(s)?,
             None => Vec::new(),
         };
-        if let (Some(s), Some(t)) = (sources.first(), targets.first()) {
-            if s.is_ipv4() != t.is_ipv4() {
+        if let Some(t) = targets.first() {
+            if sources.iter().any(|s| s.is_ipv4() != t.is_ipv4()) {
                 return Err("--source and the target must be the same IP family".into());
             }
         }
@@ -254,8 +255,8 @@ impl Plan {
         // its ports stay the kernel's choice.
         let mut local_ports = None;
         if s != Scenario::Churn {
-            addr::check_ports(&endpoints, sockets, ports)?;
-            local_ports = addr::explicit_ports(&endpoints, sockets, ports);
+            addr::check_ports(&endpoints, sockets, ports.as_ref())?;
+            local_ports = addr::explicit_ports(&endpoints, sockets, ports.as_ref());
         }
         Ok(Plan {
             scenario: s,
@@ -407,7 +408,7 @@ mod tests {
         let mut v = vec!["starling-loadgen"];
         v.extend_from_slice(args);
         let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
-        Plan::from_args(&a, 2, 20_000, Some((32768, 60999)))
+        Plan::from_args(&a, 2, 20_000, Some(addr::PortSpace::range(32768, 60999)))
     }
 
     #[test]

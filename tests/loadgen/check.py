@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -538,17 +539,38 @@ def main():
     def explicit_ports():
         # A run past half the ephemeral range on its one (source, target) pair: the load
         # generator binds each connection to a port of its own (connection g: the g-th port
-        # of the range) instead of leaving connect() to scan. The range is narrowed for this
-        # case only, and the ports in use are read with ss(8) during the hold.
+        # of the range) instead of leaving connect() to scan, and a port that is taken
+        # falls back to the kernel's choice among the ports the run leaves spare. The range
+        # is narrowed for this case only (the server starts first, so its own port and its
+        # readiness probe stay outside), and the ports in use are read with ss(8) during the
+        # hold.
         path = "/proc/sys/net/ipv4/ip_local_port_range"
         with open(path) as f:
             old = f.read().strip()
         lo, hi, n = 40000, 40999, 600
         seen = []
-        with open(path, "w") as f:
-            f.write(f"{lo} {hi}")
-        try:
-            with starling(args.bin, "echo") as s:
+        with starling(args.bin, "echo") as s:
+            with open(path, "w") as f:
+                f.write(f"{lo} {hi}")
+            # Ten ports of the planned block already held towards the same target: those
+            # connections must fall back (connect() finds the 4-tuple in use). The blockers
+            # end with a reset, so no TIME_WAIT holds their ports for the next run.
+            blockers, held = [], set()
+            for port in range(lo + 10, lo + n):
+                if len(blockers) == 10:
+                    break
+                b = socket.socket()
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                try:
+                    b.bind(("127.0.0.1", port))  # a TIME_WAIT of someone else may hold it
+                except OSError:
+                    b.close()
+                    continue
+                b.connect(("127.0.0.1", s.port))
+                blockers.append(b)
+                held.add(port)
+            try:
                 def look():
                     time.sleep(1.5)
                     out = subprocess.run(
@@ -560,17 +582,26 @@ def main():
                 t.start()
                 r, _ = c.run(["connect", s.url(), "-c", str(n), "--duration", "3s"])
                 t.join()
-        finally:
-            with open(path, "w") as f:
-                f.write(old)
+            finally:
+                with open(path, "w") as f:
+                    f.write(old)
+                for b in blockers:
+                    b.close()
+        # ss lists the blockers too (same destination); none of ours can hold their ports.
+        eq("blockers", len(held), 10)
+        seen = [p for p in seen if p not in held]
         clean(r, n)
-        eq("local_ports", r["connections"]["local_ports"], [lo, hi])
+        eq("local_ports (first and last assigned)", r["connections"]["local_ports"],
+           [lo, lo + n - 1])
         fallbacks = r["connections"]["port_fallbacks"]
         eq("connections seen by ss", len(seen), n)
         eq("distinct local ports", len(set(seen)), n)
-        # Every connection whose own port was free holds it: the first n of the range.
-        at_least("connections on their own port", sum(lo <= p < lo + n for p in seen),
-                 n - fallbacks)
+        own = sum(lo <= p < lo + n for p in seen)
+        # Every connection whose own port was free holds it; the others hold spare ports.
+        eq("connections on their own port", own, n - fallbacks)
+        if any(not (lo + n <= p <= hi) for p in seen if not (lo <= p < lo + n)):
+            raise AssertionError(f"a fallback outside the spare ports: {sorted(seen)[-5:]}")
+        at_least("fallbacks (ten ports held by others)", fallbacks, 10)
         if fallbacks > n // 10:
             raise AssertionError(f"{fallbacks} of {n} ports were taken")
     c.case("starling connect past half the port range (ports chosen per connection)",

@@ -36,6 +36,9 @@ use crate::inflight::Fifo;
 use crate::stats::{record, Stats};
 use crate::workload::{read_stamp, same, Arrival, SeqTrack};
 
+/// `IP_LOCAL_PORT_RANGE` (linux/in.h, Linux 6.3): a per-socket narrowing of the ephemeral
+/// range, `(high << 16) | low`; the libc crate does not name it yet.
+const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
 /// Largest upgrade response we wait for before calling it malformed.
 const MAX_RESPONSE: usize = 16 * 1024;
 
@@ -170,13 +173,15 @@ impl Conn {
     /// same target fails with EADDRINUSE or EADDRNOTAVAIL. Otherwise, with a source
     /// address the socket is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
     /// the port at connect time per 4-tuple instead of reserving one per source address at
-    /// bind time.
+    /// bind time; `kernel_range` then narrows the kernel's choice (IP_LOCAL_PORT_RANGE,
+    /// Linux 6.3 and later; ignored where the kernel lacks it).
     pub fn connect(
         source: Option<IpAddr>,
         port: Option<u16>,
         target: SocketAddr,
         nodelay: bool,
         fastopen: bool,
+        kernel_range: Option<(u16, u16)>,
     ) -> io::Result<TcpStream> {
         let socket = Socket::new(
             Domain::for_address(target),
@@ -191,10 +196,17 @@ impl Conn {
             });
             socket.set_reuse_address(true)?;
             socket.bind(&SocketAddr::new(ip, port).into())?;
-        } else if let Some(ip) = source {
-            // The port is then chosen at connect() time, per 4-tuple, not per source address.
-            set_int_sockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        } else {
+            if let Some((lo, hi)) = kernel_range {
+                let range = (u32::from(hi) << 16) | u32::from(lo);
+                let _ = set_int_sockopt(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range as i32);
+            }
+            if let Some(ip) = source {
+                // The port is then chosen at connect() time, per 4-tuple, not per source
+                // address.
+                set_int_sockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+                socket.bind(&SocketAddr::new(ip, 0).into())?;
+            }
         }
         if nodelay {
             socket.set_nodelay(true)?;

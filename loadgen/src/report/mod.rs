@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::addr;
 use crate::cli::{Mode, Scenario};
 use crate::env::{CpuUse, Density, Environment};
 use crate::plan::Plan;
@@ -74,10 +75,12 @@ pub struct Connections {
     pub closed_clean: u64,
     /// Close handshakes the server did not answer in time.
     pub close_timeouts: u64,
-    /// `[first, last]` local ports the load generator assigned itself (past half the
-    /// ephemeral range on a (source, target) pair); absent: the kernel chose.
+    /// `[first, last]` local ports the load generator assigned itself, one per connection
+    /// of a (source, target) pair, past half the ephemeral range on a pair; `null`: the
+    /// kernel chose every port.
     pub local_ports: Option<[u16; 2]>,
-    /// Of those connections, the ones whose port was taken and which the kernel placed.
+    /// Connections whose assigned port was taken (by another program, or a TIME_WAIT of an
+    /// earlier run) and which the kernel placed outside the assigned ports instead.
     pub port_fallbacks: u64,
 }
 
@@ -445,7 +448,7 @@ impl Report {
                 abandoned: c.abandoned,
                 closed_clean: c.closed_clean,
                 close_timeouts: c.close_timeouts,
-                local_ports: plan.local_ports.map(|(lo, hi)| [lo, hi]),
+                local_ports: plan.local_ports.as_ref().map(addr::LocalPorts::assigned),
                 port_fallbacks: c.port_fallbacks,
             },
             failures: s.failures.to_map(),

@@ -39,8 +39,9 @@ impl Report {
         if let Some([lo, hi]) = c.local_ports {
             let _ = writeln!(
                 w,
-                "  ports        local ports {lo}-{hi} assigned per connection (over half the \
-                 ephemeral range per pair); {} taken, placed by the kernel",
+                "  ports        local ports {lo}-{hi} assigned, one per connection of each \
+                 (source, target) pair (over half the ephemeral range); {} were taken and \
+                 placed by the kernel",
                 c.port_fallbacks
             );
         }

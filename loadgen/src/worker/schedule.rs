@@ -99,14 +99,13 @@ impl Worker<'_> {
         self.io.stats.c.connect_attempts += 1;
         let (source, target) = self.plan.endpoints.pair_index(global);
         let addr = self.plan.endpoints.targets[target];
-        let port = self
-            .plan
-            .local_ports
-            .map(|range| self.plan.endpoints.local_port(global, range));
+        let local = self.plan.local_ports.as_ref();
+        let port = local.map(|lp| self.plan.endpoints.local_port(global, &lp.usable));
         let (nodelay, fastopen) = (self.io.nodelay, self.io.fastopen);
-        let opened = match Conn::connect(source, port, addr, nodelay, fastopen) {
+        let opened = match Conn::connect(source, port, addr, nodelay, fastopen, None) {
             // Our port is taken towards this target by someone else (another program, or a
-            // connection of an earlier run still in TIME_WAIT): let the kernel choose.
+            // connection of an earlier run still in TIME_WAIT): let the kernel choose, among
+            // the ports this run does not plan to use.
             Err(e)
                 if port.is_some()
                     && matches!(
@@ -114,8 +113,12 @@ impl Worker<'_> {
                         Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
                     ) =>
             {
-                self.io.stats.c.port_fallbacks += 1;
-                Conn::connect(source, None, addr, nodelay, fastopen)
+                let spare = local.and_then(|lp| lp.spare);
+                let r = Conn::connect(source, None, addr, nodelay, fastopen, spare);
+                if r.is_ok() {
+                    self.io.stats.c.port_fallbacks += 1;
+                }
+                r
             }
             r => r,
         };
