@@ -550,8 +550,6 @@ def main():
         lo, hi, n = 40000, 40999, 600
         seen = []
         with starling(args.bin, "echo") as s:
-            with open(path, "w") as f:
-                f.write(f"{lo} {hi}")
             # Ten ports of the planned block already held towards the same target: those
             # connections must fall back (connect() finds the 4-tuple in use). The blockers
             # end with a reset, so no TIME_WAIT holds their ports for the next run.
@@ -570,6 +568,8 @@ def main():
                 b.connect(("127.0.0.1", s.port))
                 blockers.append(b)
                 held.add(port)
+            with open(path, "w") as f:
+                f.write(f"{lo} {hi}")
             try:
                 def look():
                     time.sleep(1.5)
