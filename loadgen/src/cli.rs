@@ -130,6 +130,13 @@ pub struct Args {
     #[arg(long, value_name = "CHANNEL")]
     pub subscribe: Option<String>,
 
+    /// connect, churn: send TEXT as one text message on every connection right after its
+    /// 101, e.g. the subscribe or hello a server wants before it keeps a connection; `{n}`
+    /// in TEXT becomes the connection's number (0, 1, ...). What the server sends back is
+    /// counted as received.
+    #[arg(long, value_name = "TEXT")]
+    pub first_message: Option<String>,
+
     /// Event-loop threads per process (default: the cores this process may run on).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -60,6 +60,9 @@ pub struct Plan {
     pub channels: u32,
     /// connect --subscribe: the hub channel every connection subscribes to.
     pub subscribe: Option<String>,
+    /// connect, churn: a text message sent on every connection after its 101 (`{n}`: the
+    /// connection's global index).
+    pub first_message: Option<String>,
     /// Scenario rate per second (see `--rate`), all processes together.
     pub rate: Option<f64>,
     /// Measured phase (connect: hold time).
@@ -187,6 +190,21 @@ impl Plan {
         if depth == 0 {
             return Err("--depth must be at least 1".into());
         }
+        if let Some(m) = &a.first_message {
+            if !matches!(s, Scenario::Connect | Scenario::Churn) {
+                return Err("--first-message applies to connect and churn only".into());
+            }
+            if a.subscribe.is_some() {
+                return Err(
+                    "--first-message and --subscribe both send the first message: \
+                            choose one"
+                        .into(),
+                );
+            }
+            if m.len() > 1 << 20 {
+                return Err("--first-message is over 1 MiB".into());
+            }
+        }
         if let Some(ch) = &a.subscribe {
             if s != Scenario::Connect {
                 return Err("--subscribe applies to connect only (fanout has --mode hub)".into());
@@ -271,6 +289,7 @@ impl Plan {
             mode: a.mode,
             channels,
             subscribe: a.subscribe.clone(),
+            first_message: a.first_message.clone(),
             rate: a.rate,
             duration: a.duration.unwrap_or(Duration::from_secs(10)),
             depth,

@@ -607,6 +607,33 @@ def main():
     c.case("starling connect past half the port range (ports chosen per connection)",
            explicit_ports)
 
+    def first_message():
+        # --first-message with {n}: every connection subscribes itself to a channel of its
+        # own on the hub, so the server must list c0..c19, one subscriber each, while they
+        # are held; each subscribe's reply counts as received.
+        with starling_hub(args.bin, 2) as s:
+            listed = []
+
+            def look():
+                time.sleep(1.0)
+                with urllib.request.urlopen(f"http://127.0.0.1:{s.api}/channels",
+                                            timeout=5) as resp:
+                    listed.extend(json.load(resp)["channels"])
+            t = threading.Thread(target=look)
+            t.start()
+            r, _ = c.run(["connect", s.url(), "-c", "20", "--duration", "2s", "--first-message",
+                          '{"op":"subscribe","id":1,"channel":"c{n}"}'])
+            t.join()
+        clean(r, 20)
+        eq("messages sent", r["messages_sent"], 20)
+        eq("replies received", r["messages_received"], 20)
+        eq("channels", sorted((ch["name"], ch["subscribers"]) for ch in listed),
+           sorted((f"c{i}", 1) for i in range(20)))
+        c.run(["echo", "ws://127.0.0.1:9/", "--first-message", "x"], expect_exit=2)
+        c.run(["connect", "ws://127.0.0.1:9/", "--first-message", "x", "--subscribe", "a"],
+              expect_exit=2)
+    c.case("starling connect --first-message with {n}", first_message)
+
     def refused():
         port = free_port()  # nothing listens there once the probe socket is closed
         r, _ = c.run(["connect", f"ws://127.0.0.1:{port}/", "-c", "5", "--duration", "1s"],

@@ -111,6 +111,8 @@ pub struct Io {
     pub publishers: u32,
     /// `fanout --mode hub`: the channel protocol's per-thread state.
     pub hub: Option<HubIo>,
+    /// connect, churn `--first-message`.
+    pub first_message: Option<String>,
     /// Largest message accepted.
     pub max_message: usize,
     /// Set TCP_NODELAY (anything that sends more than the request).
@@ -356,6 +358,8 @@ impl Conn {
                 self.state = State::Open;
                 if matches!(self.part, Part::Subscriber | Part::Listener) {
                     self.queue_subscribe(io);
+                } else if self.part == Part::Hold {
+                    self.queue_first_message(io);
                 }
                 let s = &mut io.stats;
                 s.c.handshakes += 1;

@@ -121,6 +121,29 @@ impl Conn {
         self.state = State::Subscribing;
     }
 
+    /// connect, churn `--first-message`, just upgraded: queues the text, `{n}` replaced by
+    /// this connection's global index. Nothing without the flag.
+    pub(super) fn queue_first_message(&mut self, io: &mut Io) {
+        let Io {
+            first_message,
+            scratch,
+            rng,
+            stats,
+            ..
+        } = io;
+        let Some(text) = first_message else {
+            return;
+        };
+        let key = rng.next_u32().to_ne_bytes();
+        if text.contains("{n}") {
+            let body = text.replace("{n}", &self.global.to_string());
+            encode_frame_into(scratch, OpCode::Text, body.as_bytes(), Some(key));
+        } else {
+            encode_frame_into(scratch, OpCode::Text, text.as_bytes(), Some(key));
+        }
+        stats.c.messages_sent += 1;
+    }
+
     /// Queues our Close (1000) and enters `Closing`.
     pub fn queue_close(&mut self, io: &mut Io) {
         let code = CloseCode::NORMAL.0.to_be_bytes();

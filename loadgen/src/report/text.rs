@@ -73,7 +73,10 @@ impl Report {
                 human(self.messages_per_sec),
                 self.duration_s
             );
-            let l = &self.latency_us;
+        }
+        let l = &self.latency_us;
+        // Runs that send only a --first-message measure no latency.
+        if self.messages_sent + self.messages_received > 0 && l.count > 0 {
             let _ = writeln!(
                 w,
                 "  latency      p50 {} p90 {} p99 {} p99.9 {} max {}{}",

@@ -140,6 +140,7 @@ pub fn run(
             frames: FrameBatch::new(opcode, &payload),
             payload,
             publishers: plan.publishers as u32,
+            first_message: plan.first_message.clone(),
             hub: match (&plan.subscribe, plan.mode) {
                 (Some(ch), _) => Some(HubIo::watch(ch, plan.count.unwrap_or(1))),
                 (None, Mode::Hub) => Some(HubIo::new(plan.channels, plan.size)),
