@@ -558,6 +558,48 @@ pub(super) fn send_shared(
     }
 }
 
+/// Most bytes [`queue_shared`] holds back for the end of the pass, and at most a quarter of
+/// the backpressure bound: past either, a delivery takes [`send_shared`]'s path.
+const DEFER_BYTES: usize = 64 << 10;
+
+/// Like [`send_shared`], but the write waits for the end of the pass (`flush_dirty`): for a
+/// connection on several hub channels, whose deliveries from each channel's sweep in one
+/// pass then leave in one `writev` instead of one `write` per channel. Same order, same
+/// pass, no copy (the queue holds the shared bytes). Returns whether this delivery costs a
+/// write of its own (written now, or the first held back for this connection in this pass):
+/// what the sweep counts against its per-pass budget.
+pub(super) fn queue_shared(
+    c: &mut Conn,
+    idx: usize,
+    frame: &Bytes,
+    msgs: u64,
+    cx: &mut SendCtx<'_>,
+    out: &mut Outcome,
+) -> bool {
+    let held = c.queue.len();
+    let limit = DEFER_BYTES.min(cx.bound / 4);
+    if frame.is_empty() || held + frame.len() > limit || (held > 0 && !c.has(flags::DIRTY)) {
+        send_shared(c, idx, frame, msgs, cx, out);
+        return true;
+    }
+    cx.counters.messages_out += msgs;
+    if held == 0 {
+        // What a direct write would have left queued: accepted whatever the bound.
+        c.queue.push_shared_after_write(frame.clone(), 0);
+    } else if c.queue.push_shared(frame.clone(), cx.bound) == SendStatus::Dropped {
+        // Unreachable under the limit above (a quarter of the bound), kept for safety.
+        cx.counters.messages_out -= msgs;
+        send_shared(c, idx, frame, msgs, cx, out);
+        return true;
+    }
+    if c.has(flags::DIRTY) {
+        return false;
+    }
+    c.flags |= flags::DIRTY;
+    cx.dirty.push(idx);
+    true
+}
+
 /// Joins frames into one buffer (no copy when there is only one).
 pub(super) fn concat(mut frames: Vec<Bytes>) -> Bytes {
     if frames.len() == 1 {

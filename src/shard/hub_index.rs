@@ -25,6 +25,12 @@ impl ConnChannels {
         }
     }
 
+    /// Whether connection `idx` is on more than one channel (one hash lookup, and none at
+    /// all while no connection is).
+    pub(super) fn several(&self, idx: usize) -> bool {
+        !self.rest.is_empty() && self.rest.contains_key(&idx)
+    }
+
     pub(super) fn contains(&self, idx: usize, ch: &str) -> bool {
         self.iter(idx).any(|c| &**c == ch)
     }

@@ -21,7 +21,7 @@ use crate::config::SlowPolicy;
 use crate::hub::sse::delivery_seq;
 
 use super::conn::{flags, Phase};
-use super::event_loop::{concat, send_shared, Outcome, SendCtx, Shard};
+use super::event_loop::{concat, queue_shared, send_shared, Outcome, SendCtx, Shard};
 use super::hub::Batch;
 use super::sweep::{Next, BLOCK, CONNS_PER_PASS, MAX_PENDING_BYTES};
 
@@ -229,6 +229,13 @@ impl Shard {
                 continue;
             };
             match c.phase {
+                Phase::Open if self.hub.by_conn.several(idx) => {
+                    // A connection on several channels: held for one write at the end of the
+                    // pass, counted once however many channels it hears from.
+                    if !queue_shared(c, idx, &bytes, msgs, &mut cx, &mut out) {
+                        continue;
+                    }
+                }
                 Phase::Open => send_shared(c, idx, &bytes, msgs, &mut cx, &mut out),
                 Phase::Stream => {
                     let ev = events.get_or_insert_with(|| self.sse.events(channel, &bytes));

@@ -9,7 +9,7 @@ use starling::config::{App, Config};
 use tungstenite::Message;
 
 use crate::util::ws::{connect, recv_json as recv, send_json as send, Ws};
-use crate::util::{config, TestServer};
+use crate::util::{config, wait_until, TestServer, PATIENCE};
 
 fn hub(shards: usize, history: usize) -> TestServer {
     TestServer::start(Config {
@@ -370,4 +370,72 @@ fn wide_channel_run(server: TestServer) {
             expect_run(s, &format!("subscriber {i}"), 0, 60);
         }
     }
+}
+
+#[test]
+fn connections_on_several_channels_get_every_channel_in_order_in_fewer_writes() {
+    // 300 subscribers on one shard (three sweep blocks): four of every five on eight
+    // channels, the fifth on one. A publisher sends rounds of one publish per channel in a
+    // single TCP write, so a round's deliveries are swept in the same pass: a connection on
+    // several channels is written once for all of them at the end of the pass, the others as
+    // they are swept. Every subscriber must still get every channel's messages once, in
+    // order.
+    let server = hub(1, 100);
+    let channels: Vec<String> = (0..8).map(|k| format!("m{k}")).collect();
+    let mut subs: Vec<(Ws, usize)> = Vec::new();
+    for i in 0..300 {
+        let mut ws = connect(server.addr());
+        let on = if i % 5 == 4 { 1 } else { channels.len() };
+        for (k, ch) in channels[..on].iter().enumerate() {
+            let (r, _) = subscribe(&mut ws, k as u64 + 1, ch, None);
+            assert_eq!(r["ok"], true, "subscriber {i}: {r}");
+        }
+        subs.push((ws, on));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let writes_before = server.counters().write_calls;
+    let mut publisher = connect(server.addr());
+    let rounds = 20u64;
+    for n in 1..=rounds {
+        for ch in &channels {
+            let cmd = json!({"op": "publish", "id": n, "channel": ch, "data": n});
+            publisher.write(Message::text(cmd.to_string())).unwrap();
+        }
+        publisher.flush().unwrap();
+        for _ in &channels {
+            let r = recv(&mut publisher);
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    let mut deliveries = 0;
+    for (i, (ws, on)) in subs.iter_mut().enumerate() {
+        let mut next: HashMap<String, u64> = HashMap::new();
+        for _ in 0..rounds * *on as u64 {
+            let d = recv(ws);
+            let ch = d["ch"].as_str().unwrap().to_owned();
+            let want = next.entry(ch.clone()).or_insert(1);
+            assert_eq!(
+                d["seq"], *want,
+                "subscriber {i} on {ch}: gap or reorder at {d}"
+            );
+            assert_eq!(d["data"], *want, "subscriber {i} on {ch}: {d}");
+            *want += 1;
+        }
+        assert_eq!(next.len(), *on, "subscriber {i}");
+        deliveries += rounds * *on as u64;
+    }
+    // The counters are published periodically; every delivery and publish reply is in them
+    // once messages_out has caught up.
+    assert!(wait_until(PATIENCE, || {
+        server.counters().messages_out >= deliveries + rounds * channels.len() as u64
+    }));
+    let writes = server.counters().write_calls - writes_before;
+    // A round per pass is about one write per subscriber per round (6,000, plus the
+    // publisher's replies); writing each channel's deliveries separately took 21,861 here.
+    // Allow every round to be split over two passes.
+    let bound = 2 * rounds * subs.len() as u64;
+    assert!(
+        writes <= bound,
+        "{writes} writes for {deliveries} deliveries (bound {bound})"
+    );
 }
