@@ -162,39 +162,53 @@ impl Shard {
     /// Writes blocks of the channels that are behind until `budget` subscribers have been
     /// written or every channel is up to date. A channel whose stream is over
     /// [`MAX_PENDING_BYTES`] is completed regardless of the budget.
-    fn hub_sweep(&mut self, mut budget: usize) {
-        let mut i = 0;
-        while i < self.hub.sweeping.len() {
+    ///
+    /// The other channels go a block each in turn, round after round, so that channels whose
+    /// subscribers are the same connections (clients on several channels, which subscribed
+    /// in the same order) reach those connections in the same pass, where they cost one write
+    /// for all of them (`queue_shared`). A round once begun is finished up to twice the
+    /// budget, so a channel one block behind the others does not stay behind.
+    fn hub_sweep(&mut self, budget: usize) {
+        let mut spent = 0;
+        for i in 0..self.hub.sweeping.len() {
             let ch = Arc::clone(&self.hub.sweeping[i]);
             let full = self
                 .hub
                 .local
                 .get(&ch)
                 .is_some_and(|l| l.sweep.pending_bytes() > MAX_PENDING_BYTES);
-            let interval = if full {
-                Duration::ZERO
-            } else {
-                self.cfg.sweep_interval
-            };
-            while budget > 0 || full {
-                match self.sweep_channel_block(&ch, interval) {
-                    Step::Wrote(n) => budget = budget.saturating_sub(n),
-                    Step::Wait(t) => {
-                        self.sweep_wait_until(t);
-                        break;
-                    }
-                    Step::Done => break,
+            if full {
+                while let Step::Wrote(n) = self.sweep_channel_block(&ch, Duration::ZERO) {
+                    spent += n;
                 }
             }
-            let idle = self.hub.local.get(&ch).is_none_or(|l| l.sweep.is_idle());
-            if idle {
-                self.hub.sweeping.swap_remove(i);
-            } else if budget == 0 {
-                self.sweep_ready = true;
-                return;
-            } else {
-                i += 1;
+        }
+        let interval = self.cfg.sweep_interval;
+        while spent < budget {
+            let mut wrote = false;
+            let mut i = 0;
+            while i < self.hub.sweeping.len() && spent < 2 * budget {
+                let ch = Arc::clone(&self.hub.sweeping[i]);
+                match self.sweep_channel_block(&ch, interval) {
+                    Step::Wrote(n) => {
+                        spent += n;
+                        wrote = true;
+                    }
+                    Step::Wait(t) => self.sweep_wait_until(t),
+                    Step::Done => {}
+                }
+                if self.hub.local.get(&ch).is_none_or(|l| l.sweep.is_idle()) {
+                    self.hub.sweeping.swap_remove(i);
+                } else {
+                    i += 1;
+                }
             }
+            if !wrote {
+                return;
+            }
+        }
+        if !self.hub.sweeping.is_empty() {
+            self.sweep_ready = true;
         }
     }
 

@@ -439,3 +439,64 @@ fn connections_on_several_channels_get_every_channel_in_order_in_fewer_writes() 
         "{writes} writes for {deliveries} deliveries (bound {bound})"
     );
 }
+
+#[test]
+fn wide_channels_with_the_same_subscribers_reach_each_connection_in_one_pass() {
+    // 700 subscribers (six blocks, more than one pass writes) all on two channels: the two
+    // sweeps go block by block in turn, so each pass reaches the same connections for both
+    // channels and writes each of them once. Sweeping one channel to its budget before the
+    // other would write every connection twice per round.
+    let server = hub(1, 100);
+    let channels = ["w0", "w1"];
+    let mut subs: Vec<Ws> = (0..700).map(|_| connect(server.addr())).collect();
+    for (i, s) in subs.iter_mut().enumerate() {
+        for (k, ch) in channels.iter().enumerate() {
+            let (r, _) = subscribe(s, k as u64 + 1, ch, None);
+            assert_eq!(r["ok"], true, "subscriber {i}: {r}");
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let writes_before = server.counters().write_calls;
+    let mut publisher = connect(server.addr());
+    let rounds = 10u64;
+    // Each round is read by every subscriber before the next is published, so each is swept
+    // on its own.
+    for n in 1..=rounds {
+        for ch in channels {
+            let cmd = json!({"op": "publish", "id": n, "channel": ch, "data": n});
+            publisher.write(Message::text(cmd.to_string())).unwrap();
+        }
+        publisher.flush().unwrap();
+        for _ in channels {
+            assert_eq!(recv(&mut publisher)["ok"], true);
+        }
+        for (i, s) in subs.iter_mut().enumerate() {
+            let mut got: Vec<(String, u64)> = (0..2)
+                .map(|_| {
+                    let d = recv(s);
+                    (
+                        d["ch"].as_str().unwrap().to_owned(),
+                        d["seq"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                vec![("w0".to_owned(), n), ("w1".to_owned(), n)],
+                "subscriber {i}, round {n}"
+            );
+        }
+    }
+    let deliveries = rounds * 2 * subs.len() as u64;
+    assert!(wait_until(PATIENCE, || {
+        server.counters().messages_out >= deliveries + rounds * 2
+    }));
+    let writes = server.counters().write_calls - writes_before;
+    // About one write per subscriber per round (7,000); one per delivery would be 14,000.
+    let bound = rounds * subs.len() as u64 * 3 / 2;
+    assert!(
+        writes <= bound,
+        "{writes} writes for {deliveries} deliveries (bound {bound})"
+    );
+}
