@@ -65,17 +65,18 @@ async def serve_ws(app, port):
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
+def header(b0, n):
+    """A frame header with first byte b0 announcing n payload bytes (unmasked)."""
+    if n < 126:
+        return bytes([b0, n])
+    if n < 65536:
+        return bytes([b0, 126]) + n.to_bytes(2, "big")
+    return bytes([b0, 127]) + n.to_bytes(8, "big")
+
+
 def frame(opcode, body, fin=True):
     """An unmasked server frame."""
-    b0 = (0x80 if fin else 0) | opcode
-    n = len(body)
-    if n < 126:
-        head = bytes([b0, n])
-    elif n < 65536:
-        head = bytes([b0, 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([b0, 127]) + n.to_bytes(8, "big")
-    return head + body
+    return header((0x80 if fin else 0) | opcode, len(body)) + body
 
 
 def hostile_chunk(kind, rnd):
@@ -86,12 +87,7 @@ def hostile_chunk(kind, rnd):
         b0 |= rnd.choice([0, 1, 2, 3, 8, 9, 10, 11, 15])
         body = os.urandom(rnd.choice([0, 1, 5, 125, 126, 200, 1000]))
         n = len(body) if rnd.random() < 0.8 else rnd.choice([126, 127, 70000, 2**40])
-        if n < 126:
-            head = bytes([b0, n])
-        elif n < 65536:
-            head = bytes([b0, 126]) + n.to_bytes(2, "big")
-        else:
-            head = bytes([b0, 127]) + n.to_bytes(8, "big")
+        head = header(b0, n)
         if rnd.random() < 0.1:  # a mask bit a server must not set
             head = bytes([head[0], head[1] | 0x80]) + head[2:] + os.urandom(4)
         return head + body
