@@ -509,6 +509,8 @@ pub(super) struct SendCtx<'a> {
     pub policy: SlowPolicy,
     pub counters: &'a mut Counters,
     pub dirty: &'a mut Vec<usize>,
+    /// For writing out what [`queue_shared`] held back, when it would hold too much.
+    pub pool: &'a mut BufPool,
 }
 
 /// Connections a delivery could not reach: socket errors, and slow consumers over the bound.
@@ -578,7 +580,17 @@ pub(super) fn queue_shared(
 ) -> bool {
     let held = c.queue.len();
     let limit = DEFER_BYTES.min(cx.bound / 4);
-    if frame.is_empty() || held + frame.len() > limit || (held > 0 && !c.has(flags::DIRTY)) {
+    let deferring = held > 0 && c.has(flags::DIRTY);
+    if frame.is_empty() || held + frame.len() > limit || (held > 0 && !deferring) {
+        if deferring {
+            // What this pass held back leaves now, so that this delivery meets the socket
+            // as it would have without the hold, instead of piling up behind it towards the
+            // bound (a client that keeps up must not look slow).
+            if write_queue(c, cx.pool, cx.counters).is_err() {
+                out.broken.push(idx);
+                return true;
+            }
+        }
         send_shared(c, idx, frame, msgs, cx, out);
         return true;
     }

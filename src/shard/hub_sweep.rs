@@ -128,6 +128,7 @@ impl Shard {
             policy: SlowPolicy::Conflate,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
+            pool: &mut self.pool,
         };
         let mut events: Option<Bytes> = None;
         for &(i, g) in &live {
@@ -232,6 +233,7 @@ impl Shard {
             policy,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
+            pool: &mut self.pool,
         };
         // Event streams get the same deliveries as events, encoded once per block, and only
         // if one is there.

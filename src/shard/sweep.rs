@@ -284,6 +284,7 @@ impl Shard {
             policy: SlowPolicy::Disconnect,
             counters: &mut self.counters,
             dirty: &mut self.dirty,
+            pool: &mut self.pool,
         };
         let mut written = 0;
         for idx in block * BLOCK..(block + 1) * BLOCK {

@@ -500,3 +500,43 @@ fn wide_channels_with_the_same_subscribers_reach_each_connection_in_one_pass() {
         "{writes} writes for {deliveries} deliveries (bound {bound})"
     );
 }
+
+#[test]
+fn a_client_that_keeps_up_on_many_channels_is_not_taken_for_slow() {
+    // One client on 12 channels with a 16 KiB queue bound; one 2 KB publish per channel in a
+    // single write. Holding each channel's delivery for one write at the end of the pass
+    // must not let them pile up towards the bound: what is held leaves once more would pass a
+    // quarter of it, so the client, which reads promptly, gets all twelve and is not closed.
+    use starling::metrics::CloseReason;
+    let server = TestServer::start(Config {
+        app: App::Hub,
+        shards: 1,
+        history_size: 100,
+        max_backpressure: 16 * 1024,
+        ..config()
+    });
+    let channels: Vec<String> = (0..12).map(|k| format!("r{k}")).collect();
+    let mut client = connect(server.addr());
+    for (k, ch) in channels.iter().enumerate() {
+        let (r, _) = subscribe(&mut client, k as u64 + 1, ch, None);
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut publisher = connect(server.addr());
+    let data = "y".repeat(2000);
+    for ch in &channels {
+        let cmd = json!({"op": "publish", "id": 1, "channel": ch, "data": data});
+        publisher.write(Message::text(cmd.to_string())).unwrap();
+    }
+    publisher.flush().unwrap();
+    for _ in &channels {
+        assert_eq!(recv(&mut publisher)["ok"], true);
+    }
+    let mut got: Vec<String> = (0..channels.len())
+        .map(|_| recv(&mut client)["ch"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want = channels.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(server.counters().closed_for(CloseReason::SlowConsumer), 0);
+}
