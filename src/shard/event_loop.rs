@@ -598,11 +598,10 @@ pub(super) fn queue_shared(
     if held == 0 {
         // What a direct write would have left queued: accepted whatever the bound.
         c.queue.push_shared_after_write(frame.clone(), 0);
-    } else if c.queue.push_shared(frame.clone(), cx.bound) == SendStatus::Dropped {
-        // Unreachable under the limit above (a quarter of the bound), kept for safety.
-        cx.counters.messages_out -= msgs;
-        send_shared(c, idx, frame, msgs, cx, out);
-        return true;
+    } else {
+        // Under the limit above, a quarter of the bound: always queued.
+        let status = c.queue.push_shared(frame.clone(), cx.bound);
+        debug_assert_eq!(status, SendStatus::Queued);
     }
     if c.has(flags::DIRTY) {
         return false;
