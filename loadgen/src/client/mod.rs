@@ -39,6 +39,19 @@ use crate::workload::{read_stamp, same, Arrival, SeqTrack};
 /// `IP_LOCAL_PORT_RANGE` (linux/in.h, Linux 6.3): a per-socket narrowing of the ephemeral
 /// range, `(high << 16) | low`; the libc crate does not name it yet.
 const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+
+/// How a new connection's local port is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalPort {
+    /// The kernel's choice at connect() time.
+    Kernel,
+    /// This port, bound before connect() (`addr::explicit_ports`).
+    Own(u16),
+    /// The kernel's choice, among `[first, last]` only (IP_LOCAL_PORT_RANGE, Linux 6.3 and
+    /// later; the whole range where the kernel lacks it).
+    Within(u16, u16),
+}
+
 /// Largest upgrade response we wait for before calling it malformed.
 const MAX_RESPONSE: usize = 16 * 1024;
 
@@ -169,21 +182,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a non-blocking socket and starts connecting. With a `port`, the socket is bound
-    /// to it first (on `source`, or on the unspecified address), with SO_REUSEADDR so that
-    /// this run's connections to other targets may share it; a port in use towards the
-    /// same target fails with EADDRINUSE or EADDRNOTAVAIL. Otherwise, with a source
-    /// address the socket is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel picks
-    /// the port at connect time per 4-tuple instead of reserving one per source address at
-    /// bind time; `kernel_range` then narrows the kernel's choice (IP_LOCAL_PORT_RANGE,
-    /// Linux 6.3 and later; ignored where the kernel lacks it).
+    /// Opens a non-blocking socket and starts connecting. With [`LocalPort::Own`], the
+    /// socket is bound to that port first (on `source`, or on the unspecified address), with
+    /// SO_REUSEADDR so that this run's connections to other targets may share it; a port in
+    /// use towards the same target fails with EADDRINUSE or EADDRNOTAVAIL. Otherwise, with a
+    /// source address the socket is bound first with IP_BIND_ADDRESS_NO_PORT, so the kernel
+    /// picks the port at connect time per 4-tuple instead of reserving one per source
+    /// address at bind time.
     pub fn connect(
         source: Option<IpAddr>,
-        port: Option<u16>,
+        port: LocalPort,
         target: SocketAddr,
         nodelay: bool,
         fastopen: bool,
-        kernel_range: Option<(u16, u16)>,
     ) -> io::Result<TcpStream> {
         let socket = Socket::new(
             Domain::for_address(target),
@@ -191,7 +202,7 @@ impl Conn {
             Some(Protocol::TCP),
         )?;
         let fd = socket.as_raw_fd();
-        if let Some(port) = port {
+        if let LocalPort::Own(port) = port {
             let ip = source.unwrap_or(match target {
                 SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
                 SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -199,7 +210,7 @@ impl Conn {
             socket.set_reuse_address(true)?;
             socket.bind(&SocketAddr::new(ip, port).into())?;
         } else {
-            if let Some((lo, hi)) = kernel_range {
+            if let LocalPort::Within(lo, hi) = port {
                 let range = (u32::from(hi) << 16) | u32::from(lo);
                 let _ = set_int_sockopt(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range as i32);
             }

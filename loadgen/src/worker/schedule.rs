@@ -11,7 +11,7 @@ use rand::Rng;
 
 use super::{write_request, Worker, ASAP_BATCH, CATCH_UP, MAX_SLEEP_NS};
 use crate::cli::Scenario;
-use crate::client::{Conn, Outcome, Part, State};
+use crate::client::{Conn, LocalPort, Outcome, Part, State};
 use crate::clock::{now_ns, ns};
 use crate::control::{Control, Phase};
 
@@ -100,21 +100,25 @@ impl Worker<'_> {
         let (source, target) = self.plan.endpoints.pair_index(global);
         let addr = self.plan.endpoints.targets[target];
         let local = self.plan.local_ports.as_ref();
-        let port = local.map(|lp| self.plan.endpoints.local_port(global, &lp.usable));
+        let port = local.map_or(LocalPort::Kernel, |lp| {
+            LocalPort::Own(self.plan.endpoints.local_port(global, &lp.usable))
+        });
         let (nodelay, fastopen) = (self.io.nodelay, self.io.fastopen);
-        let opened = match Conn::connect(source, port, addr, nodelay, fastopen, None) {
+        let opened = match Conn::connect(source, port, addr, nodelay, fastopen) {
             // Our port is taken towards this target by someone else (another program, or a
             // connection of an earlier run still in TIME_WAIT): let the kernel choose, among
             // the ports this run does not plan to use.
             Err(e)
-                if port.is_some()
+                if port != LocalPort::Kernel
                     && matches!(
                         e.raw_os_error(),
                         Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
                     ) =>
             {
-                let spare = local.and_then(|lp| lp.spare);
-                let r = Conn::connect(source, None, addr, nodelay, fastopen, spare);
+                let spare = local
+                    .and_then(|lp| lp.spare)
+                    .map_or(LocalPort::Kernel, |(lo, hi)| LocalPort::Within(lo, hi));
+                let r = Conn::connect(source, spare, addr, nodelay, fastopen);
                 if r.is_ok() {
                     self.io.stats.c.port_fallbacks += 1;
                 }
